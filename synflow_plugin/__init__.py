@@ -1,0 +1,68 @@
+"""synflow-plugin: pruning-at-initialisation criteria for the toolkits you already use.
+
+>>> import torch, torch.nn as nn, torch.nn.utils.prune as prune
+>>> from synflow_plugin import SynFlow, prunable_parameters
+>>> model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+>>> prune.global_unstructured(prunable_parameters(model), pruning_method=SynFlow,
+...                           amount=0.9, model=model, example_inputs=torch.randn(1, 16))
+>>> sum(int(m.weight_mask.sum()) for m in (model[0], model[2]))
+32
+"""
+
+__version__ = "0.1.0"
+
+from synflow_plugin.adapters.torch_prune import (
+    FORCE,
+    SNIP,
+    GraSP,
+    IterSNIP,
+    Magnitude,
+    PaIPruningMethod,
+    Random,
+    SynFlow,
+    force_unstructured,
+    grasp_unstructured,
+    itersnip_unstructured,
+    magnitude_unstructured,
+    random_unstructured,
+    snip_unstructured,
+    synflow_unstructured,
+)
+from synflow_plugin.criteria import CRITERIA, Criterion, get_criterion, list_criteria, register_criterion
+from synflow_plugin.errors import PruningError, PruningTypeError
+from synflow_plugin.masking import ZeroFlowWarning, compute_masks, compute_scores
+from synflow_plugin.targets import prunable_parameters
+
+__all__ = [
+    # torch.nn.utils.prune methods
+    "PaIPruningMethod",
+    "Random",
+    "Magnitude",
+    "SNIP",
+    "GraSP",
+    "SynFlow",
+    "IterSNIP",
+    "FORCE",
+    # function forms
+    "random_unstructured",
+    "magnitude_unstructured",
+    "snip_unstructured",
+    "grasp_unstructured",
+    "synflow_unstructured",
+    "itersnip_unstructured",
+    "force_unstructured",
+    # core
+    "compute_masks",
+    "compute_scores",
+    "prunable_parameters",
+    "Criterion",
+    "CRITERIA",
+    "get_criterion",
+    "list_criteria",
+    "register_criterion",
+    # errors and warnings
+    "PruningError",
+    "PruningTypeError",
+    "ZeroFlowWarning",
+    "__version__",
+]

@@ -1,0 +1,239 @@
+"""The criteria as ``torch.nn.utils.prune`` methods.
+
+Global pruning, as the paper does it::
+
+    params = synflow_plugin.prunable_parameters(model)
+    prune.global_unstructured(params, pruning_method=SynFlow, amount=0.999,
+                              model=model, example_inputs=torch.randn(1, 3, 32, 32))
+
+Layer-wise: ``SynFlow.apply(model.fc, "weight", amount=0.5, model=model,
+example_inputs=x)`` or the function form ``synflow_unstructured(model.fc, "weight",
+amount=0.5, model=model, example_inputs=x)``.
+
+How it fits prune's contract. ``global_unstructured`` builds the method from its
+keyword arguments and calls :meth:`compute_mask` with the flattened weights only,
+so the method reads the ``(module, name)`` list from that call. The whole network
+is scored (on a private copy) and the resulting masks are handed back in prune's
+layout; prune then installs them with ``custom_from_mask``, so a pruned model holds
+only torch's own ``CustomFromMask`` hooks: no reference to our classes, the model or
+the data remains in it, and it pickles and round-trips its ``state_dict`` as any
+pruned model does. ``prune.remove`` makes the masks permanent.
+
+Existing masks are respected as prune's ``PruningContainer`` defines: ``amount`` is a
+fraction of the surviving weights, and a pruned weight never comes back.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, ClassVar, Iterable
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from synflow_plugin.criteria import get_criterion
+from synflow_plugin.errors import PruningError
+from synflow_plugin.masking import check_amount, compute_masks
+from synflow_plugin.targets import current_mask
+
+__all__ = [
+    # pruning methods
+    "PaIPruningMethod",
+    "Random",
+    "Magnitude",
+    "SNIP",
+    "GraSP",
+    "SynFlow",
+    "IterSNIP",
+    "FORCE",
+    # function forms
+    "random_unstructured",
+    "magnitude_unstructured",
+    "snip_unstructured",
+    "grasp_unstructured",
+    "synflow_unstructured",
+    "itersnip_unstructured",
+    "force_unstructured",
+]
+
+
+def _global_unstructured_call() -> tuple[list, dict] | None:
+    """The ``parameters`` and ``importance_scores`` of the enclosing
+    ``prune.global_unstructured`` call, if the method is being built by one."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is prune.global_unstructured.__code__:
+            return list(frame.f_locals["parameters"]), frame.f_locals.get("importance_scores") or {}
+        frame = frame.f_back
+    return None
+
+
+class PaIPruningMethod(prune.BasePruningMethod):
+    """Base of the pruning-at-initialisation methods; subclasses only name a criterion.
+
+    Args:
+        amount: fraction in [0, 1] of the surviving weights to prune, or their number.
+        model: the network holding the pruned tensors (scored as a whole, never changed).
+        example_inputs: an input ``model`` accepts (SynFlow uses only its shape).
+        data: ``(inputs, targets)`` batches for data-driven criteria (SNIP, GraSP, ...).
+        loss_fn: ``loss_fn(logits, targets)``; cross-entropy by default.
+        num_batches: use only the first batches of ``data``.
+        iterations: rounds of pruning; default: the criterion's (SynFlow 100).
+        schedule: ``"exponential"`` (the paper) or ``"linear"``.
+        scope: ``"global"``, ``"local"`` (same fraction per tensor) or ``"erk"``.
+        progress: tqdm bar over the rounds (default: on a terminal only).
+        **options: the criterion's options (``batchnorm=``, ``seed=``, ``temperature=``).
+    """
+
+    PRUNING_TYPE = "unstructured"
+    criterion: ClassVar[str]
+
+    def __init__(
+        self,
+        amount: int | float,
+        *,
+        model: nn.Module | None = None,
+        example_inputs: Any = None,
+        data: Iterable | None = None,
+        loss_fn: Callable | None = None,
+        num_batches: int | None = None,
+        iterations: int | None = None,
+        schedule: str = "exponential",
+        scope: str = "global",
+        progress: bool | None = None,
+        **options: Any,
+    ) -> None:
+        caller = type(self).__name__
+        self.amount = check_amount(amount, caller)
+        if model is None:
+            raise PruningError(
+                f"{caller} scores the whole network: pass model=<the nn.Module that contains the "
+                f"pruned layers>, e.g. prune.global_unstructured(params, pruning_method={caller}, "
+                "amount=0.9, model=model, example_inputs=x)"
+            )
+        get_criterion(self.criterion, **options)  # reject bad options before any work
+        self._request = dict(
+            model=model, example_inputs=example_inputs, data=data, loss_fn=loss_fn,
+            num_batches=num_batches, iterations=iterations, schedule=schedule, scope=scope,
+            progress=progress, **options,
+        )
+        call = _global_unstructured_call()
+        if call is not None and call[1]:
+            raise PruningError(
+                f"{caller} computes its own importance scores; call global_unstructured without "
+                "importance_scores=..."
+            )
+        self._params = call[0] if call is not None else None
+
+    def _masks(self, params: list) -> list[torch.Tensor]:
+        return compute_masks(
+            criterion=self.criterion, params=params, amount=self.amount,
+            caller=type(self).__name__, **self._request,
+        )
+
+    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
+        """The mask of the surviving entries ``t`` of the tensors given to ``global_unstructured``."""
+        if self._params is None:
+            name = type(self).__name__
+            raise PruningError(
+                f"{name} needs to know which tensors it prunes: use "
+                f"prune.global_unstructured(params, pruning_method={name}, ...) or "
+                f"{name}.apply(module, 'weight', amount=..., model=...)"
+            )
+        params, self._params = self._params, None
+        masks = self._masks(params)
+        request, self._request = self._request, {}  # drop references to the model and data
+        del request
+        started = torch.cat([current_mask(m, n).reshape(-1) for m, n in params])
+        mask = torch.cat([m.reshape(-1) for m in masks])[started.to(masks[0].device)]
+        if mask.numel() != t.numel():
+            raise PruningError(
+                f"{type(self).__name__}: the tensors passed to global_unstructured hold "
+                f"{t.numel()} unpruned weights but the model's masks give {mask.numel()}; "
+                "pass tensors of the model given as model=..."
+            )
+        return mask.to(device=default_mask.device, dtype=default_mask.dtype) * default_mask
+
+    @classmethod
+    def apply(cls, module: nn.Module, name: str, amount: int | float, *,  # type: ignore[override]
+              importance_scores: torch.Tensor | None = None, **kwargs: Any) -> prune.BasePruningMethod:
+        """Prune ``module.<name>`` on its own (layer-wise), scoring it inside ``model``.
+
+        Returns the forward pre-hook installed on ``module`` (``torch.nn.utils.prune``'s
+        ``CustomFromMask``, or a ``PruningContainer`` if it was pruned before).
+        """
+        if importance_scores is not None:
+            raise PruningError(f"{cls.__name__} computes its own importance scores; drop importance_scores=...")
+        method = cls(amount, **kwargs)
+        mask = method._masks([(module, name)])[0]
+        method._request = {}
+        return prune.CustomFromMask.apply(module, name, mask=mask.to(getattr(module, name).dtype))
+
+
+class Random(PaIPruningMethod):
+    """Random pruning: Gaussian scores ranked globally; ``scope="local"`` or ``"erk"`` for
+    the layer-wise variants, ``seed=`` for a reproducible mask."""
+
+    criterion = "random"
+
+
+class Magnitude(PaIPruningMethod):
+    """Magnitude pruning at initialisation: keep the largest |θ|."""
+
+    criterion = "magnitude"
+
+
+class SNIP(PaIPruningMethod):
+    """SNIP (Lee et al., 2019, https://arxiv.org/abs/1810.02340): |θ ⊙ ∂L/∂θ|; needs ``data=``."""
+
+    criterion = "snip"
+
+
+class GraSP(PaIPruningMethod):
+    """GraSP (Wang et al., 2020, https://arxiv.org/abs/2002.07376): keeps the largest θ ⊙ Hg,
+    i.e. removes the largest −θ ⊙ Hg as the paper does; needs ``data=``."""
+
+    criterion = "grasp"
+
+
+class SynFlow(PaIPruningMethod):
+    """SynFlow (Tanaka et al., 2020, https://arxiv.org/abs/2006.05467): iterative synaptic
+    flow, data-free, 100 exponential rounds; needs ``example_inputs=`` for the input shape."""
+
+    criterion = "synflow"
+
+
+class IterSNIP(PaIPruningMethod):
+    """Iterative SNIP (de Jorge et al., 2021, https://arxiv.org/abs/2006.09081); needs ``data=``."""
+
+    criterion = "itersnip"
+
+
+class FORCE(PaIPruningMethod):
+    """FORCE (de Jorge et al., 2021): iterative SNIP in which weights pruned in an earlier
+    round of the same call may come back; needs ``data=``."""
+
+    criterion = "force"
+
+
+def _function_form(method: type[PaIPruningMethod]) -> Callable[..., nn.Module]:
+    def prune_tensor(module: nn.Module, name: str, amount: int | float, **kwargs: Any) -> nn.Module:
+        method.apply(module, name, amount, **kwargs)
+        return module
+
+    prune_tensor.__name__ = prune_tensor.__qualname__ = f"{method.criterion}_unstructured"
+    prune_tensor.__doc__ = (
+        f"Prune ``amount`` of ``module.<name>`` in place with {method.__name__}, scored inside "
+        f"``model=``; returns ``module``. Keyword arguments as for :class:`{method.__name__}`."
+    )
+    return prune_tensor
+
+
+random_unstructured = _function_form(Random)
+magnitude_unstructured = _function_form(Magnitude)
+snip_unstructured = _function_form(SNIP)
+grasp_unstructured = _function_form(GraSP)
+synflow_unstructured = _function_form(SynFlow)
+itersnip_unstructured = _function_form(IterSNIP)
+force_unstructured = _function_form(FORCE)

@@ -1,0 +1,94 @@
+"""The registry of pruning-at-initialisation criteria.
+
+A criterion only turns a (scoring copy of a) model and its inputs into scores;
+:mod:`synflow_plugin.masking` turns scores into masks, and the adapters hand the
+masks to torch.nn.utils.prune, NNI or torch-pruning.
+
+>>> from synflow_plugin.criteria import get_criterion, list_criteria
+>>> list_criteria()
+['random', 'magnitude', 'snip', 'grasp', 'synflow', 'itersnip', 'force']
+>>> get_criterion("synflow", batchnorm="identity")
+SynFlowCriterion(batchnorm='identity')
+"""
+
+from __future__ import annotations
+
+from synflow_plugin.criteria.base import Criterion, Inputs, ScoringState
+from synflow_plugin.criteria.grasp import GraSPCriterion
+from synflow_plugin.criteria.magnitude import MagnitudeCriterion
+from synflow_plugin.criteria.random import RandomCriterion
+from synflow_plugin.criteria.snip import FORCECriterion, IterSNIPCriterion, SNIPCriterion
+from synflow_plugin.criteria.synflow import SynFlowCriterion
+from synflow_plugin.errors import PruningError, PruningTypeError
+
+__all__ = [
+    # contract
+    "Criterion",
+    "Inputs",
+    "ScoringState",
+    # criteria
+    "RandomCriterion",
+    "MagnitudeCriterion",
+    "SNIPCriterion",
+    "GraSPCriterion",
+    "SynFlowCriterion",
+    "IterSNIPCriterion",
+    "FORCECriterion",
+    # registry
+    "CRITERIA",
+    "get_criterion",
+    "list_criteria",
+    "register_criterion",
+]
+
+CRITERIA: dict[str, type[Criterion]] = {}
+
+
+def register_criterion(cls: type[Criterion]) -> type[Criterion]:
+    """Add a :class:`Criterion` subclass to the registry under ``cls.name`` (usable as a decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Criterion)):
+        raise PruningTypeError(f"register_criterion() expects a Criterion subclass, got {cls!r}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise PruningError(f"{cls.__name__} needs a class attribute name = '<registry name>'")
+    if name in CRITERIA and CRITERIA[name] is not cls:
+        raise PruningError(f"a criterion named {name!r} is already registered ({CRITERIA[name].__name__})")
+    CRITERIA[name] = cls
+    return cls
+
+
+for _cls in (RandomCriterion, MagnitudeCriterion, SNIPCriterion, GraSPCriterion,
+             SynFlowCriterion, IterSNIPCriterion, FORCECriterion):
+    register_criterion(_cls)
+
+
+def list_criteria() -> list[str]:
+    """Registered criterion names, in registration order."""
+    return list(CRITERIA)
+
+
+def get_criterion(criterion: str | Criterion, **options) -> Criterion:
+    """A criterion instance from a registry name (case-insensitive) or an instance.
+
+    Raises:
+        PruningError: unknown name (the message lists the valid ones) or bad options.
+    """
+    if isinstance(criterion, Criterion):
+        if options:
+            raise PruningError(
+                f"options {sorted(options)} cannot be applied to the ready-made {criterion!r}; "
+                "pass the criterion's name instead"
+            )
+        return criterion
+    if isinstance(criterion, type) and issubclass(criterion, Criterion):
+        cls = criterion
+    elif isinstance(criterion, str) and criterion.lower() in CRITERIA:
+        cls = CRITERIA[criterion.lower()]
+    else:
+        raise PruningError(
+            f"unknown criterion {criterion!r}; expected one of: {', '.join(CRITERIA)}"
+        )
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise PruningTypeError(f"{cls.name}: invalid options {sorted(options)} ({exc})") from None

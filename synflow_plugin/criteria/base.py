@@ -1,0 +1,217 @@
+"""The criterion contract: a scoring copy and its inputs in, one score per weight out."""
+
+from __future__ import annotations
+
+import abc
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synflow_plugin.errors import PruningError, PruningTypeError
+from synflow_plugin.targets import Target
+
+__all__ = ["Criterion", "Inputs", "ScoringState", "primary_output", "flow_outputs", "describe", "to_device"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def primary_output(output: Any) -> torch.Tensor:
+    """The tensor a loss is computed on: the output itself, the first element of a
+    tuple/list, or ``output["logits"]`` (else the first value) of a dict."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and output:
+        return primary_output(output["logits"] if "logits" in output else next(iter(output.values())))
+    if isinstance(output, (tuple, list)) and output:
+        return primary_output(output[0])
+    raise PruningError(
+        f"the model returned {type(output).__name__}, which holds no tensor to compute a "
+        "loss on; return a tensor, a tuple whose first element is the logits, or a dict "
+        "with a 'logits' entry."
+    )
+
+
+def flow_outputs(output: Any) -> list[torch.Tensor]:
+    """Every floating tensor in a (nested) model output; SynFlow sums all of them."""
+    if isinstance(output, torch.Tensor):
+        return [output] if output.is_floating_point() else []
+    if isinstance(output, Mapping):
+        return [t for v in output.values() for t in flow_outputs(v)]
+    if isinstance(output, (tuple, list)):
+        return [t for v in output for t in flow_outputs(v)]
+    return []
+
+
+@dataclass
+class Inputs:
+    """What a criterion may feed the model: an example input and/or labelled batches.
+
+    Args:
+        example_inputs: a tensor, or a tuple of positional arguments, or a dict of
+            keyword arguments, accepted by ``model(...)``.
+        data: an iterable of ``(inputs, targets)`` batches, e.g. a DataLoader. A
+            one-shot iterator is read once and kept; a re-iterable (a DataLoader, a
+            list) is read again in every round.
+        loss_fn: ``loss_fn(logits, targets) -> scalar``; cross-entropy by default.
+        num_batches: use only the first ``num_batches`` batches (default: all).
+    """
+
+    example_inputs: Any = None
+    data: Iterable | None = None
+    loss_fn: LossFn | None = None
+    num_batches: int | None = None
+    _cached: list | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.num_batches is not None and (
+            isinstance(self.num_batches, bool) or not isinstance(self.num_batches, int)
+            or self.num_batches < 1
+        ):
+            raise PruningError(f"num_batches={self.num_batches!r} should be a positive int or None")
+        if self.loss_fn is not None and not callable(self.loss_fn):
+            raise PruningTypeError(
+                f"loss_fn should be callable as loss_fn(logits, targets), got {type(self.loss_fn).__name__}"
+            )
+        if self.data is not None:
+            if isinstance(self.data, (torch.Tensor, str, bytes)) or not isinstance(self.data, Iterable):
+                raise PruningTypeError(
+                    f"data should be a DataLoader or an iterable of (inputs, targets) batches, "
+                    f"got {type(self.data).__name__}"
+                )
+            if iter(self.data) is self.data:  # a one-shot iterator: read it once
+                self._cached = list(itertools.islice(self.data, self.num_batches))
+
+    def call(self, model: nn.Module, args: Any, what: str) -> Any:
+        """``model(args)`` with tuples as positional and dicts as keyword arguments;
+        a failure inside the model becomes a :class:`PruningError` saying what was fed."""
+        try:
+            if isinstance(args, Mapping):
+                return model(**args)
+            if isinstance(args, (tuple, list)):
+                return model(*args)
+            return model(args)
+        except PruningError:
+            raise
+        except Exception as exc:
+            raise PruningError(
+                f"the model failed on {what} ({type(exc).__name__}: {exc}). Pass inputs that "
+                f"model(...) accepts: {describe(args)} was given."
+            ) from exc
+
+    def batches(self, criterion: str) -> Iterator[tuple[Any, torch.Tensor]]:
+        """The labelled batches, checked; raises if there are none."""
+        if self.data is None:
+            raise PruningError(
+                f"{criterion} is data-driven: pass data=<a DataLoader or an iterable of "
+                "(inputs, targets) batches>, e.g. a few batches of your training set."
+            )
+        source = self._cached if self._cached is not None else itertools.islice(self.data, self.num_batches)
+        count = 0
+        for batch in source:
+            if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+                raise PruningError(
+                    f"{criterion}: each batch of data should be an (inputs, targets) pair, got "
+                    f"{describe(batch)}"
+                )
+            count += 1
+            yield batch[0], batch[1]
+        if count == 0:
+            raise PruningError(f"{criterion}: data yielded no batches; pass at least one (inputs, targets) batch.")
+
+    def loss(self, output: Any, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        logits = primary_output(output)
+        if temperature != 1.0:
+            logits = logits / temperature
+        loss = (self.loss_fn or F.cross_entropy)(logits, targets)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise PruningError(
+                f"loss_fn should return a scalar tensor, got {describe(loss)}; reduce it, e.g. with .mean()."
+            )
+        return loss.reshape(())
+
+
+def describe(value: Any) -> str:
+    """A short description of a (nested) input for error messages."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor(shape={tuple(value.shape)}, dtype={value.dtype})"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k!r}: {describe(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(describe(v) for v in value) + ")"
+    return type(value).__name__
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
+@dataclass
+class ScoringState:
+    """Everything a criterion sees in one round.
+
+    Attributes:
+        model: the scoring copy (eval mode, hooks removed; see :func:`~synflow_plugin.targets.scoring_copy`).
+        targets: the pruned tensors, in the caller's order.
+        params: the copy's parameters for ``targets``; pruned entries hold zero.
+        initial: the targets' values at the start of the call, before any round's
+            masking (FORCE scores pruned weights with them). Only kept apart from
+            ``params`` for criteria that revive weights; otherwise the same tensors.
+        inputs: the example inputs / data / loss of the call.
+        round: index of the round, starting at 0.
+        cache: per-call scratch space of the criterion (e.g. SynFlow's all-ones input).
+    """
+
+    model: nn.Module
+    targets: list[Target]
+    params: list[nn.Parameter]
+    initial: list[torch.Tensor]
+    inputs: Inputs
+    round: int = 0
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.params[0].device
+
+
+class Criterion(abc.ABC):
+    """A pruning-at-initialisation criterion: a score per weight, higher means keep.
+
+    Subclasses implement :meth:`score`; the iterative loop, the schedule, exact
+    top-k masking and the host libraries are handled elsewhere, so a criterion is
+    written once and used by every adapter.
+
+    Class attributes:
+        name: the registry name.
+        needs_data: whether :meth:`score` reads labelled batches.
+        default_iterations: pruning rounds the paper uses (1 = one shot).
+        revives: whether weights pruned in an earlier round of the same call may come
+            back (FORCE); weights pruned before the call never do.
+    """
+
+    name: ClassVar[str]
+    needs_data: ClassVar[bool] = False
+    default_iterations: ClassVar[int] = 1
+    revives: ClassVar[bool] = False
+
+    def prepare(self, state: ScoringState) -> None:
+        """Called once on the fresh scoring copy before the first round (e.g. SynFlow
+        takes absolute values there). The default does nothing."""
+
+    @abc.abstractmethod
+    def score(self, state: ScoringState) -> list[torch.Tensor]:
+        """One score tensor per target, shaped like the target; higher is more important."""
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({options})"

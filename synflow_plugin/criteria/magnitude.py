@@ -1,0 +1,19 @@
+"""Magnitude: keep the largest weights, |θ| (the classic baseline; Han et al. 2015)."""
+
+from __future__ import annotations
+
+import torch
+
+from synflow_plugin.criteria.base import Criterion, ScoringState
+
+__all__ = ["MagnitudeCriterion"]
+
+
+class MagnitudeCriterion(Criterion):
+    """Score = |θ|. Data-free, one shot. Ranked globally it is known to collapse the
+    widest layers first (SynFlow paper, Fig. 1)."""
+
+    name = "magnitude"
+
+    def score(self, state: ScoringState) -> list[torch.Tensor]:
+        return [p.detach().abs() for p in state.params]

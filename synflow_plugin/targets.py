@@ -1,0 +1,212 @@
+"""Which tensors are pruned, and the private copy of the model that scoring runs on.
+
+Scoring changes a network a lot (SynFlow replaces every parameter by its absolute
+value, every criterion zeroes pruned weights and needs gradients). All of that
+happens on a *scoring copy*: the user's model, its parameters, buffers, modes,
+``requires_grad`` flags, gradients and hooks are never touched, whatever happens
+while scoring.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from synflow_plugin.errors import PruningError, PruningTypeError
+
+__all__ = [
+    # what is pruned
+    "PRUNABLE_TYPES",
+    "Target",
+    "prunable_parameters",
+    "resolve_targets",
+    "current_mask",
+    # the scoring copy
+    "scoring_copy",
+]
+
+#: Module types whose ``weight`` is pruned by default (the paper prunes every
+#: convolution and linear layer, classifier included; biases and BatchNorm are kept).
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One prunable tensor, addressed by name so it can be found in any copy of the model.
+
+    Attributes:
+        module_name: qualified name of the owning module in the model (``""`` for the model).
+        name: the parameter's name in that module, e.g. ``"weight"``.
+        shape: the tensor's shape.
+    """
+
+    module_name: str
+    name: str
+    shape: torch.Size
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.module_name}.{self.name}" if self.module_name else self.name
+
+    @property
+    def numel(self) -> int:
+        return self.shape.numel()
+
+
+def prunable_parameters(
+    model: nn.Module, types: Sequence[type[nn.Module]] = PRUNABLE_TYPES
+) -> list[tuple[nn.Module, str]]:
+    """The ``(module, "weight")`` pairs of every convolution and linear layer of ``model``.
+
+    The list to hand to ``prune.global_unstructured``; each module appears once even
+    if it is registered under several names.
+
+    >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    >>> [type(m).__name__ for m, _ in prunable_parameters(model)]
+    ['Linear', 'Linear']
+    """
+    if not isinstance(model, nn.Module):
+        raise PruningTypeError(
+            f"prunable_parameters(): model should be a torch.nn.Module, got {type(model).__name__}"
+        )
+    return [(m, "weight") for m in model.modules() if isinstance(m, tuple(types))]
+
+
+def _is_pruned(module: nn.Module, name: str) -> bool:
+    return f"{name}_orig" in module._parameters and f"{name}_mask" in module._buffers
+
+
+def current_mask(module: nn.Module, name: str) -> torch.Tensor:
+    """The boolean mask ``torch.nn.utils.prune`` keeps for ``module.<name>`` (all True if none)."""
+    if _is_pruned(module, name):
+        return module._buffers[f"{name}_mask"].detach() != 0
+    return torch.ones_like(getattr(module, name), dtype=torch.bool)
+
+
+def resolve_targets(
+    model: nn.Module, params: Iterable[tuple[nn.Module, str]], *, caller: str = "prune"
+) -> list[Target]:
+    """Turn ``(module, name)`` pairs into :class:`Target` s of ``model``, checking each one.
+
+    Raises:
+        PruningTypeError: ``model`` is not a module, or a pair is malformed.
+        PruningError: no pairs, a module outside ``model``, a name that is not a
+            floating-point parameter of its module, or the same tensor listed twice.
+    """
+    if not isinstance(model, nn.Module):
+        raise PruningTypeError(
+            f"{caller}: model should be the torch.nn.Module that contains the pruned layers, "
+            f"got {type(model).__name__}. Pass model=<your network>."
+        )
+    names = {}
+    for qualname, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), qualname)
+
+    pairs = list(params)
+    if not pairs:
+        raise PruningError(
+            f"{caller}: there are no parameters to prune. Pass (module, 'weight') pairs, "
+            "e.g. synflow_plugin.prunable_parameters(model)."
+        )
+    targets, seen = [], set()
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise PruningTypeError(
+                f"{caller}: each entry should be a (module, name) pair, got {pair!r}"
+            )
+        module, name = pair
+        if not isinstance(module, nn.Module) or not isinstance(name, str):
+            raise PruningTypeError(
+                f"{caller}: each entry should be a (torch.nn.Module, str) pair, got "
+                f"({type(module).__name__}, {type(name).__name__})"
+            )
+        if id(module) not in names:
+            raise PruningError(
+                f"{caller}: {type(module).__name__} module {module!r:.60} is not part of the "
+                "model passed as model=...; pass the network that contains it."
+            )
+        tensor = module._parameters.get(f"{name}_orig") if _is_pruned(module, name) else (
+            module._parameters.get(name)
+        )
+        if tensor is None:
+            available = ", ".join(n for n, _ in module.named_parameters(recurse=False)) or "none"
+            raise PruningError(
+                f"{caller}: '{names[id(module)]}' has no parameter named '{name}' "
+                f"(its parameters: {available})."
+            )
+        if not tensor.is_floating_point():
+            raise PruningError(
+                f"{caller}: '{names[id(module)]}.{name}' has dtype {tensor.dtype}; only "
+                "floating-point parameters can be pruned."
+            )
+        key = (id(module), name)
+        if key in seen or id(tensor) in seen:
+            raise PruningError(
+                f"{caller}: '{names[id(module)]}.{name}' is listed twice; list each tensor once."
+            )
+        seen.update((key, id(tensor)))
+        targets.append(Target(names[id(module)], name, tensor.shape))
+    return targets
+
+
+def _has_grad_fn_attribute(module: nn.Module, name: str) -> bool:
+    value = module.__dict__.get(name)
+    return isinstance(value, torch.Tensor) and not value.is_leaf
+
+
+def scoring_copy(model: nn.Module) -> nn.Module:
+    """A private, plain copy of ``model`` to score on.
+
+    Pruned tensors (``weight_orig`` * ``weight_mask``) become ordinary parameters
+    holding the masked values, and every hook is removed so that scoring neither
+    re-applies masks behind our back nor triggers the user's logging hooks. The
+    non-leaf ``weight`` attributes that ``torch.nn.utils.prune`` leaves on a module
+    cannot be deep-copied; they are skipped and rebuilt from ``orig * mask``.
+    """
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for name in list(module.__dict__):
+            if _has_grad_fn_attribute(module, name):
+                memo[id(module.__dict__[name])] = None
+    try:
+        clone = copy.deepcopy(model, memo)
+    except Exception as exc:  # a model holding something that cannot be copied
+        raise PruningError(
+            f"cannot copy the {type(model).__name__} model to score it ({exc}). Scoring runs on "
+            "a copy so that the model is left exactly as it was; make the model deep-copyable."
+        ) from exc
+
+    with torch.no_grad():
+        for module in clone.modules():
+            for hook_dict in (
+                module._forward_pre_hooks,
+                module._forward_hooks,
+                module._backward_hooks,
+                module._backward_pre_hooks,
+            ):
+                hook_dict.clear()
+            for attr in ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs",
+                         "_forward_hooks_always_called"):
+                getattr(module, attr, {}).clear()
+            for name in [n[: -len("_orig")] for n in list(module._parameters) if n.endswith("_orig")]:
+                if not _is_pruned(module, name):
+                    continue
+                orig = module._parameters.pop(f"{name}_orig")
+                mask = module._buffers.pop(f"{name}_mask")
+                module.__dict__.pop(name, None)
+                module.register_parameter(
+                    name, nn.Parameter(orig * mask.to(orig.dtype), orig.requires_grad)
+                )
+    return clone
