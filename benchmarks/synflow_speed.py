@@ -1,0 +1,71 @@
+"""SynFlow's cost on VGG-16-BN (CIFAR-100 shape) against its floor.
+
+SynFlow at density 1e-3 runs 100 rounds of one forward and one backward pass. The
+floor is 100 plain forward+backward passes of the same model on the same input,
+timed in the same run (the machine is shared, so only side-by-side ratios mean
+anything). Target: ratio <= 1.3.
+
+    python benchmarks/synflow_speed.py [--repeats 3] [--model vgg16_bn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+from torch.nn.utils import prune
+
+from synflow_plugin import SynFlow, prunable_parameters
+from synflow_plugin.models import create_model
+
+
+def plain_passes(model, x, rounds):
+    start = time.perf_counter()
+    for _ in range(rounds):
+        model.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+    return time.perf_counter() - start
+
+
+def synflow_prune(model_fn, x, density, rounds):
+    model = model_fn()
+    start = time.perf_counter()
+    prune.global_unstructured(prunable_parameters(model), pruning_method=SynFlow, amount=1 - density,
+                              model=model, example_inputs=x, iterations=rounds, progress=False)
+    elapsed = time.perf_counter() - start
+    kept = sum(int(m.weight_mask.sum()) for m, _ in prunable_parameters(model))
+    total = sum(m.weight_mask.numel() for m, _ in prunable_parameters(model))
+    return elapsed, kept / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="vgg16_bn")
+    parser.add_argument("--density", type=float, default=1e-3)
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model_fn = lambda: create_model(args.model, num_classes=100, input_shape=(3, 32, 32))  # noqa: E731
+    x = torch.randn(1, 3, 32, 32)
+    floor_model = model_fn()
+    plain_passes(floor_model, x, 5)  # warm-up
+    print(f"{args.model}, {sum(p.numel() for p in floor_model.parameters()):,} parameters, "
+          f"density {args.density:g}, {args.rounds} rounds, {torch.get_num_threads()} threads")
+    ratios = []
+    for i in range(args.repeats):
+        floor = plain_passes(floor_model, x, args.rounds)
+        ours, density = synflow_prune(model_fn, x, args.density, args.rounds)
+        ratios.append(ours / floor)
+        print(f"  run {i + 1}: synflow {ours:6.2f} s   {args.rounds} fwd+bwd {floor:6.2f} s   "
+              f"ratio {ours / floor:5.2f}   density {density:.6f}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ratios.sort()
+    print(f"median ratio {ratios[len(ratios) // 2]:.2f} (target <= 1.3), peak RSS {peak:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
