@@ -134,8 +134,8 @@ def resolve_targets(
             )
         if id(module) not in names:
             raise PruningError(
-                f"{caller}: {type(module).__name__} module {module!r:.60} is not part of the "
-                "model passed as model=...; pass the network that contains it."
+                f"{caller}: a {type(module).__name__} module in the list is not part of the "
+                f"{type(model).__name__} passed as model=...; pass the network that contains it."
             )
         tensor = module._parameters.get(f"{name}_orig") if _is_pruned(module, name) else (
             module._parameters.get(name)
