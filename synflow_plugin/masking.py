@@ -41,9 +41,10 @@ __all__ = [
 ]
 
 SCHEDULES = ("exponential", "linear")
-#: ``global``: one ranking over all targets (the paper); ``local``: every target keeps
-#: the same fraction (layer-wise pruning); ``erk``: Erdős–Rényi-Kernel layer budgets.
-SCOPES = ("global", "local", "erk")
+#: ``global``: one ranking over all targets (the paper); ``local`` (or its alias
+#: ``uniform``): every target keeps the same fraction (layer-wise pruning); ``erk``:
+#: Erdős–Rényi-Kernel layer budgets.
+SCOPES = ("global", "local", "uniform", "erk")
 
 
 class ZeroFlowWarning(UserWarning):
@@ -298,8 +299,8 @@ def compute_masks(
             default) and ``num_batches`` (default: all) go with it.
         iterations: pruning rounds; default: the criterion's (SynFlow 100, SNIP 1, ...).
         schedule: ``"exponential"`` (the paper) or ``"linear"`` density schedule.
-        scope: ``"global"`` ranking, ``"local"`` (the same fraction in every tensor) or
-            ``"erk"`` budgets.
+        scope: ``"global"`` ranking, ``"local"`` (alias ``"uniform"``: the same fraction
+            in every tensor) or ``"erk"`` budgets.
         progress: show a tqdm bar over the rounds (``None``: only on a terminal).
         **options: the criterion's own options, e.g. ``batchnorm="identity"`` or ``seed=0``.
 
@@ -335,7 +336,7 @@ def compute_masks(
         final = total - num_to_prune(amount, total, caller)
         plans = [keep_schedule(total, final, rounds, schedule)]
     else:
-        if scope == "local":
+        if scope in ("local", "uniform"):
             finals = [n - num_to_prune(amount, n, caller) for n in survivors]
         else:
             total = sum(survivors)

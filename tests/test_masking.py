@@ -92,6 +92,8 @@ def test_local_scope_prunes_each_layer_by_the_same_fraction():
                           example_inputs=torch.randn(1, 20), scope="local", iterations=5)
     for mask in masks:
         assert int(mask.sum()) == mask.numel() - round(0.8 * mask.numel())
+    uniform = compute_masks(model, prunable_parameters(model), "random", amount=0.8, scope="uniform", seed=0)
+    assert [int(m.sum()) for m in uniform] == [int(m.sum()) for m in masks]
 
 
 def test_erk_scope_random():
