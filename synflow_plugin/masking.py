@@ -37,6 +37,7 @@ __all__ = [
     "num_to_prune",
     "keep_schedule",
     "erk_allocation",
+    "smallest_positions",
     "drop_smallest",
 ]
 
@@ -147,43 +148,50 @@ def _round_to_total(exact: Sequence[float], total: int, caps: Sequence[int]) -> 
 
 # --------------------------------------------------------------------------- selection
 _SAMPLE = 1 << 16
-_SMALL = 1 << 18
 
 
-def _kth_smallest(values: np.ndarray, k: int) -> float:
-    """The k-th smallest value (1-based) in O(n): a random sample brackets it, then
-    only the values inside the bracket are partitioned."""
+def smallest_positions(values: np.ndarray, count: int) -> np.ndarray:
+    """Sorted positions of the ``count`` smallest ``values``; among equal values the
+    earliest positions come first. Exact, whatever the ties.
+
+    An iterative round removes a small fraction of the survivors, so a random sample
+    first bounds the values that can be removed; only those are partitioned. A
+    round costs a few linear passes over ``values`` instead of a sort.
+
+    >>> smallest_positions(np.array([3.0, 1.0, 1.0, 2.0, 1.0]), 2).tolist()
+    [1, 2]
+    """
     n = values.size
-    if n > _SMALL:
+    if count <= 0:
+        return np.empty(0, dtype=np.int64)
+    if count >= n:
+        return np.arange(n, dtype=np.int64)
+    candidates = None
+    if count <= n // 2 and n > 4 * _SAMPLE:
         rng = np.random.default_rng(n)  # the result is exact; the sample only speeds it up
         sample = np.sort(values[rng.integers(0, n, _SAMPLE)])
-        q = k / n
-        spread = 5.0 * math.sqrt(_SAMPLE * q * (1.0 - q)) + 2
-        lo_rank, hi_rank = int(q * _SAMPLE - spread), int(q * _SAMPLE + spread)
-        lo = sample[lo_rank] if lo_rank >= 0 else -np.inf
-        hi = sample[hi_rank] if hi_rank < _SAMPLE else np.inf
-        below = int(np.count_nonzero(values < lo))
-        if below < k:
-            band = values[(values >= lo) & (values <= hi)]
-            if below + band.size >= k:
-                return float(np.partition(band, k - below - 1)[k - below - 1])
-    return float(np.partition(values, k - 1)[k - 1])
+        q = count / n
+        rank = int(q * _SAMPLE + 5.0 * math.sqrt(_SAMPLE * q * (1.0 - q)) + 2)
+        if rank < _SAMPLE:
+            candidates = np.flatnonzero(values <= sample[rank])
+            if candidates.size < count:  # the sample was unlucky
+                candidates = None
+    if candidates is None:
+        candidates = np.arange(n, dtype=np.int64)
+    sub = values[candidates]
+    threshold = np.partition(sub, count - 1)[count - 1]
+    chosen = sub < threshold
+    missing = count - int(np.count_nonzero(chosen))
+    if missing > 0:
+        chosen[np.flatnonzero(sub == threshold)[:missing]] = True
+    return candidates[chosen]
 
 
 def drop_smallest(values: np.ndarray, count: int) -> np.ndarray:
     """A boolean array with exactly ``count`` True entries at the smallest ``values``;
     among equal values the earliest positions are dropped first."""
     drop = np.zeros(values.size, dtype=bool)
-    if count <= 0:
-        return drop
-    if count >= values.size:
-        drop[:] = True
-        return drop
-    threshold = _kth_smallest(values, count)
-    np.less(values, threshold, out=drop)
-    missing = count - int(np.count_nonzero(drop))
-    if missing > 0:
-        drop[np.flatnonzero(values == threshold)[:missing]] = True
+    drop[smallest_positions(values, count)] = True
     return drop
 
 
@@ -363,6 +371,7 @@ def compute_masks(
 
 
 def _one_round(state, criterion, candidates, alive, plans, r, scope):
+    """Score once, keep the round's budget; returns the new survivors of each target."""
     with torch.no_grad():
         if criterion.revives and r > 0:  # restore the candidates' initial values, then mask
             for p, theta0, keep in zip(state.params, state.initial, alive):
@@ -372,31 +381,38 @@ def _one_round(state, criterion, candidates, alive, plans, r, scope):
                 flat.index_copy_(0, index, theta0.reshape(-1).index_select(0, index))
     scores = _checked_scores(criterion, state)
     pools = candidates if criterion.revives else alive
-    values = [np.take(_as_numpy(s), pool) for s, pool in zip(scores, pools)]
-    for target, v in zip(state.targets, values):
-        if np.isnan(v).any():
-            raise PruningError(
-                f"criterion {criterion.name} gave NaN scores for '{target.qualified_name}'; "
-                "check the model for NaN/inf weights or outputs."
-            )
+
+    # Gather the pools' scores into one buffer: a view per target.
+    bounds = np.cumsum([0] + [pool.size for pool in pools])
+    dtype = np.float64 if any(s.dtype == torch.float64 for s in scores) else np.float32
+    joined = np.empty(bounds[-1], dtype=dtype)
+    values = [joined[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    for score, pool, out in zip(scores, pools, values):
+        np.take(_as_numpy(score), pool, out=out)
+    if np.isnan(joined.sum()):
+        bad = next(t.qualified_name for t, v in zip(state.targets, values) if np.isnan(v).any())
+        raise PruningError(
+            f"criterion {criterion.name} gave NaN scores for '{bad}'; check the model for "
+            "NaN/inf weights or outputs."
+        )
     if r == 0:
         _warn_zero_flow(state, criterion, values)
 
     if scope == "global":
-        joined = np.concatenate(values) if values else np.empty(0)
-        drop = drop_smallest(joined, joined.size - plans[0][r])
-        drops = np.split(drop, np.cumsum([v.size for v in values])[:-1])
+        dropped = smallest_positions(joined, joined.size - plans[0][r])
+        cuts = np.searchsorted(dropped, bounds)
+        drops = [dropped[a:b] - lo for a, b, lo in zip(cuts[:-1], cuts[1:], bounds[:-1])]
     else:
-        drops = [drop_smallest(v, v.size - plan[r]) for v, plan in zip(values, plans)]
+        drops = [smallest_positions(v, v.size - plan[r]) for v, plan in zip(values, plans)]
 
-    new_alive = []
+    survivors = []
     with torch.no_grad():
         for p, pool, drop in zip(state.params, pools, drops):
-            new_alive.append(pool[~drop])
-            if not criterion.revives and drop.any():
+            survivors.append(np.delete(pool, drop) if drop.size else pool)
+            if not criterion.revives and drop.size:
                 index = torch.from_numpy(pool[drop]).to(p.device)
                 p.data.reshape(-1).index_fill_(0, index, 0)
-    return new_alive
+    return survivors
 
 
 def _warn_zero_flow(state: ScoringState, criterion: Criterion, values: list[np.ndarray]) -> None:

@@ -145,15 +145,18 @@ class PaIPruningMethod(prune.BasePruningMethod):
         masks = self._masks(params)
         request, self._request = self._request, {}  # drop references to the model and data
         del request
-        started = torch.cat([current_mask(m, n).reshape(-1) for m, n in params])
-        mask = torch.cat([m.reshape(-1) for m in masks])[started.to(masks[0].device)]
+        # prune hands over only the entries that survive earlier masks: answer in kind.
+        mask = torch.cat([m.reshape(-1) for m in masks])
+        if any(prune.is_pruned(m) and f"{n}_mask" in m._buffers for m, n in params):
+            started = torch.cat([current_mask(m, n).reshape(-1) for m, n in params])
+            mask = mask[started.to(mask.device)]
         if mask.numel() != t.numel():
             raise PruningError(
                 f"{type(self).__name__}: the tensors passed to global_unstructured hold "
                 f"{t.numel()} unpruned weights but the model's masks give {mask.numel()}; "
                 "pass tensors of the model given as model=..."
             )
-        return mask.to(device=default_mask.device, dtype=default_mask.dtype) * default_mask
+        return mask.to(device=default_mask.device, dtype=default_mask.dtype)
 
     @classmethod
     def apply(cls, module: nn.Module, name: str, amount: int | float, *,  # type: ignore[override]

@@ -1,0 +1,658 @@
+r"""The criteria as torch-pruning (>= 1.6) importances, for structured (channel) pruning.
+
+torch-pruning removes whole channels together with everything coupled to them (a
+*dependency group*: a conv's output channels, its BatchNorm, the next conv's input
+channels, every layer tied by a residual sum). Its pruner asks an importance for
+one score per channel of every group and removes the lowest. The classes here give
+it the pruning-at-initialisation criteria::
+
+    import torch_pruning as tp
+    from synflow_plugin.torch_pruning import SynFlowImportance
+
+    pruner = tp.pruner.MetaPruner(
+        model, example_inputs, importance=SynFlowImportance(), pruning_ratio=0.5,
+        global_pruning=True, iterative_steps=10, ignored_layers=[model.fc])
+    for _ in range(10):
+        pruner.step()
+
+How a channel is scored
+-----------------------
+1. **Element scores, once per step.** On the first group of a pruning step the
+   importance scores every conv and linear weight of the model with
+   :func:`synflow_plugin.compute_scores` (on a private copy; the model is never
+   changed, and gradients are enabled there even though torch-pruning calls
+   importances under ``torch.no_grad()``). The scores are cached and every other
+   group of the step reuses them. The cache is keyed by the identity, storage,
+   shape and in-place version of every parameter and buffer, so it is invalidated
+   exactly when the model changes: after a pruning step (torch-pruning builds new,
+   smaller parameters), or after an optimiser step in between. :meth:`PaIImportance.reset`
+   drops it by hand.
+2. **Per layer.** For each layer of the group, the element scores of the pruned
+   dimension are summed: a conv/linear output channel sums the scores of its filter,
+   an input channel the scores of the weights that read it (grouped and transposed
+   convolutions handled exactly), a BatchNorm channel is its affine weight's score
+   (only if BatchNorm is in ``target_types``), ``bias=True`` adds the bias' scores.
+   A sum is the saliency of removing the whole channel to first order, the
+   structured analogue of each criterion's per-weight score.
+3. **Per group.** The layers' channel scores are combined with ``group_reduction``
+   and rescaled with ``normalizer``, with the meaning torch-pruning's own
+   ``GroupMagnitudeImportance`` gives them (``"mean"`` divides the sum by the number
+   of contributing layers; for one-to-one channel mappings the result is exactly
+   torch-pruning's, which the tests check).
+4. **No silent skips.** In global pruning torch-pruning computes one threshold over
+   all channels, and a group whose channels *all* fall below it is skipped: its
+   removal would empty a layer, so :meth:`DependencyGraph.check_pruning_group`
+   rejects it and the group keeps every channel, silently, while the model ends up
+   larger than requested. Layers are exactly what low PaI scores tend to single
+   out (layer collapse, the failure SynFlow was designed against). So each group's
+   ``min_channels`` best channels score ``+inf``: no threshold can reach them, the
+   rest of the group is ranked normally, the requested number of channels is
+   removed and every layer keeps at least ``min_channels`` channels.
+   ``min_channels=0`` restores torch-pruning's behaviour. One case is beyond any
+   importance: a step that asks for more channels than the groups hold beyond
+   ``min_channels`` each makes the threshold ``+inf``, and torch-pruning then removes
+   nothing from any group. :func:`check_pruned` compares what a global pruner removed
+   with what it was asked to remove, and warns with the fix when it falls short.
+
+Where the model comes from. ``importance=SynFlowImportance()`` takes no model: every
+group that torch-pruning's ``DependencyGraph`` builds carries the graph
+(``group._DG``), and the graph the traced model (``group._DG.model``), which is where
+the importance finds it. Groups built by hand without a graph need ``model=``.
+
+Iterative criteria. One step of a torch-pruning pruner is one round of the criterion:
+``iterative_steps=k`` re-scores the thinned network k times (SynFlow's paper uses 100
+rounds; IterSNIP/FORCE 10). In structured pruning a removed channel is gone, so
+FORCE's revival of weights cannot happen and :class:`FORCEImportance` equals
+:class:`IterSNIPImportance`, which equals :class:`SNIPImportance` re-scored each step.
+
+Input for SynFlow. SynFlow feeds an all-ones tensor shaped like one input. It is
+taken from, in order: ``example_inputs=`` of the constructor; the input the pruner's
+``DependencyGraph`` traced the model with (read from the first conv or linear layer
+of the traced graph, when the model's only inputs go straight to such layers); the
+``input_shape`` attribute of the model (the models of :mod:`synflow_plugin.models`
+have it), with a batch of one. If none applies, SynFlow raises and asks for
+``example_inputs=``.
+
+Scores are returned as float64 on the model's device (SynFlow's synaptic flow grows
+geometrically with depth and may not fit float32).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+import weakref
+from typing import Any, Callable, ClassVar, Iterable, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from synflow_plugin.criteria import Criterion, get_criterion
+from synflow_plugin.errors import PruningError, PruningTypeError
+from synflow_plugin.masking import compute_scores
+
+__all__ = [
+    # base class
+    "PaIImportance",
+    # one importance per criterion
+    "RandomImportance",
+    "MagnitudeImportance",
+    "SNIPImportance",
+    "GraSPImportance",
+    "SynFlowImportance",
+    "IterSNIPImportance",
+    "FORCEImportance",
+    # registry
+    "IMPORTANCES",
+    "get_importance",
+    # checks
+    "check_pruned",
+    # option values
+    "GROUP_REDUCTIONS",
+    "NORMALIZERS",
+    "DEFAULT_TARGET_TYPES",
+]
+
+#: How the channel scores of the layers of a group are combined (torch-pruning's names).
+GROUP_REDUCTIONS = ("mean", "sum", "max", "prod", "first", "gate")
+#: How a group's channel scores are rescaled (torch-pruning's names and spelling), or a
+#: callable ``tensor -> tensor``.
+NORMALIZERS = (None, "mean", "max", "sum", "standarization", "gaussian")
+#: The layers whose element scores make up a channel's score: every conv and linear
+#: weight, the tensors the SynFlow paper prunes.
+DEFAULT_TARGET_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
+
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+class PaIImportance(tp.importance.Importance):
+    r"""A torch-pruning importance from any criterion of :mod:`synflow_plugin.criteria`.
+
+    The subclasses (:class:`SynFlowImportance`, :class:`SNIPImportance`, ...) fix the
+    criterion; use this class directly for a criterion you registered yourself
+    (``PaIImportance("mycriterion")``).
+
+    Args:
+        criterion: a registry name or a :class:`~synflow_plugin.criteria.Criterion`;
+            only when using this class directly.
+        example_inputs: an input the model accepts; SynFlow uses only its shape. If
+            omitted, it is taken from the pruner's trace or ``model.input_shape`` (see
+            the module documentation).
+        data: ``(inputs, targets)`` batches for the data-driven criteria (SNIP, GraSP,
+            IterSNIP, FORCE), e.g. a DataLoader or a list. A one-shot iterator is read
+            once here and reused in every step.
+        loss_fn: ``loss_fn(logits, targets) -> scalar``; cross-entropy by default.
+        num_batches: use only the first ``num_batches`` batches of ``data``.
+        group_reduction: ``"mean"`` (default), ``"sum"``, ``"max"``, ``"prod"``,
+            ``"first"`` (the group's root layer only) or ``"gate"`` (the last layer only).
+        normalizer: ``None`` (default), ``"mean"``, ``"max"``, ``"sum"``,
+            ``"standarization"``, ``"gaussian"`` or a callable. ``None`` keeps the
+            criterion's own scale across groups, which is what a global PaI ranking
+            means (SynFlow's flow is conserved across layers, so its raw channel scores
+            compare across layers); torch-pruning's own importances default to
+            ``"mean"``, which equalises groups instead. GraSP scores can be negative:
+            ``"mean"``/``"sum"``/``"max"`` may then flip a group's order.
+        target_types: layer types whose element scores count (default: conv and
+            linear). Add ``nn.modules.batchnorm._BatchNorm`` to include BatchNorm's
+            affine weight.
+        bias: also count the scores of the biases of the target layers.
+        min_channels: the best ``min_channels`` channels of each group score
+            ``+inf`` so that global pruning always keeps them and never skips a
+            group (see the module documentation and :func:`check_pruned`); ``0`` for
+            torch-pruning's behaviour.
+        model: the network; only needed for groups not built by a
+            ``tp.DependencyGraph`` (those carry their model).
+        **options: the criterion's options, e.g. ``seed=0`` (Random),
+            ``temperature=200`` (GraSP), ``batchnorm="identity"`` (SynFlow).
+
+    Raises:
+        PruningError: invalid options, or a data-driven criterion without ``data``.
+        PruningTypeError: an argument of the wrong type.
+
+    Call with a dependency group; returns one float64 score per channel of the group
+    (higher means keep), or ``None`` for a group without any target layer (which
+    torch-pruning then leaves alone, as with its own importances).
+    """
+
+    criterion: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        criterion: str | Criterion | None = None,
+        *,
+        example_inputs: Any = None,
+        data: Iterable | None = None,
+        loss_fn: Callable | None = None,
+        num_batches: int | None = None,
+        group_reduction: str = "mean",
+        normalizer: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
+        target_types: Sequence[type[nn.Module]] = DEFAULT_TARGET_TYPES,
+        bias: bool = False,
+        min_channels: int = 1,
+        model: nn.Module | None = None,
+        **options: Any,
+    ) -> None:
+        caller = type(self).__name__
+        if type(self).criterion is not None:
+            if criterion is not None:
+                raise PruningTypeError(
+                    f"{caller} always uses the {type(self).criterion!r} criterion; pass its "
+                    f"arguments by keyword, e.g. {caller}(data=loader), not {criterion!r} positionally."
+                )
+            criterion = type(self).criterion
+        elif criterion is None:
+            raise PruningError(
+                "PaIImportance needs a criterion: PaIImportance('synflow') or one of the "
+                "ready-made classes, e.g. SynFlowImportance()."
+            )
+        self._criterion = get_criterion(criterion, **options)
+
+        if group_reduction not in GROUP_REDUCTIONS:
+            raise PruningError(
+                f"{caller}: group_reduction={group_reduction!r} is not valid; expected one of {GROUP_REDUCTIONS}"
+            )
+        if not (callable(normalizer) or normalizer in NORMALIZERS):
+            raise PruningError(
+                f"{caller}: normalizer={normalizer!r} is not valid; expected one of {NORMALIZERS} "
+                "or a callable taking and returning the group's channel scores"
+            )
+        target_types = tuple(target_types) if isinstance(target_types, (list, tuple)) else target_types
+        if not (
+            isinstance(target_types, tuple) and target_types
+            and all(isinstance(t, type) and issubclass(t, nn.Module) for t in target_types)
+        ):
+            raise PruningTypeError(
+                f"{caller}: target_types should be a non-empty sequence of nn.Module subclasses, "
+                f"got {target_types!r}"
+            )
+        if not isinstance(bias, bool):
+            raise PruningTypeError(f"{caller}: bias should be a bool, got {type(bias).__name__}")
+        if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 0:
+            raise PruningError(
+                f"{caller}: min_channels={min_channels!r} should be an int >= 0 (channels every "
+                "group keeps; 0 lets torch-pruning skip groups whose channels all fall below the threshold)"
+            )
+        if model is not None and not isinstance(model, nn.Module):
+            raise PruningTypeError(f"{caller}: model should be a torch.nn.Module, got {type(model).__name__}")
+        if self._criterion.needs_data and data is None:
+            raise PruningError(
+                f"{caller}: {self._criterion.name} is data-driven: pass data=<a DataLoader or an "
+                "iterable of (inputs, targets) batches>, e.g. a few batches of your training set."
+            )
+        if data is not None and not isinstance(data, (torch.Tensor, str, bytes)) and isinstance(data, Iterable):
+            if iter(data) is data:  # a one-shot iterator would be empty from the second step on
+                data = list(itertools.islice(data, num_batches))
+
+        self.example_inputs = example_inputs
+        self.data = data
+        self.loss_fn = loss_fn
+        self.num_batches = num_batches
+        self.group_reduction = group_reduction
+        self.normalizer = normalizer
+        self.target_types = target_types
+        self.bias = bias
+        self.min_channels = min_channels
+        self.model = model
+        self._cache: tuple | None = None
+        self._warned: set[type] = set()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(criterion={self._criterion!r}, group_reduction={self.group_reduction!r}, "
+            f"normalizer={self.normalizer!r}, min_channels={self.min_channels})"
+        )
+
+    # ------------------------------------------------------------------ the contract
+    def __call__(self, group: tp.dependency.Group) -> torch.Tensor | None:
+        """One score per channel of ``group`` (``len(group[0].idxs)`` values, float64)."""
+        graph = _graph_of(group)
+        model = self._model_of(group)
+        table = self.element_scores(model, graph)
+        root_idxs = list(group[0].root_idxs if group[0].root_idxs is not None else group[0].idxs)
+        position = {r: i for i, r in enumerate(root_idxs)}
+        length = len(root_idxs)
+
+        local_scores, local_positions = [], []
+        for item in group:
+            dep, idxs = item.dep, item.idxs
+            module = dep.target.module
+            if not isinstance(module, self.target_types) or id(module) not in table:
+                continue
+            roots = item.root_idxs if item.root_idxs is not None else idxs
+            if len(idxs) == 0 or any(r is None or r not in position for r in roots):
+                continue  # as torch-pruning: a layer that cannot be mapped to the root is left out
+            direction = _direction(dep, graph)
+            if direction is None:
+                continue
+            for name, scores in table[id(module)].items():
+                channels = _channel_scores(module, name, scores, direction)
+                if channels is None:
+                    self._warn_unsupported(module, name, direction)
+                    continue
+                index = torch.as_tensor(list(idxs), dtype=torch.long, device=channels.device)
+                local_scores.append(channels.index_select(0, index))
+                local_positions.append(torch.as_tensor([position[r] for r in roots], dtype=torch.long,
+                                                       device=channels.device))
+        if not local_scores:
+            return None
+        importance = self._normalize(self._reduce(local_scores, local_positions, length))
+        if self.min_channels and length:
+            best = torch.topk(importance, min(self.min_channels, length)).indices
+            importance[best] = math.inf
+        return importance
+
+    # ------------------------------------------------------------------ element scores
+    def element_scores(self, model: nn.Module, graph: Any = None) -> dict[int, dict[str, torch.Tensor]]:
+        """The criterion's element scores of every target tensor of ``model``, keyed by
+        ``id(module)`` then parameter name; computed once per model state (cached)."""
+        fingerprint = _fingerprint(model)
+        if self._cache is not None and self._cache[0]() is model and self._cache[1] == fingerprint:
+            return self._cache[2]
+        pairs = self._targets(model)
+        if not pairs:
+            raise PruningError(
+                f"{type(self).__name__}: the model has no parameters of target_types "
+                f"{[t.__name__ for t in self.target_types]} to score."
+            )
+        example_inputs, source = self.example_inputs, None
+        if example_inputs is None:
+            example_inputs, source = _default_inputs(model, graph)
+        try:
+            scores = compute_scores(
+                model, pairs, self._criterion, example_inputs=example_inputs, data=self.data,
+                loss_fn=self.loss_fn, num_batches=self.num_batches,
+            )
+        except PruningError as exc:
+            if source is not None:
+                raise PruningError(
+                    f"{exc} (the input was {source}; pass {type(self).__name__}(example_inputs=x) "
+                    "with an input your model accepts)"
+                ) from exc
+            raise
+        table: dict[int, dict[str, torch.Tensor]] = {}
+        for (module, name), score in zip(pairs, scores):
+            table.setdefault(id(module), {})[name] = score.to(torch.float64)
+        self._cache = (weakref.ref(model), fingerprint, table)
+        return table
+
+    def reset(self) -> None:
+        """Forget the cached scores (the next call scores the model again)."""
+        self._cache = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_cache"] = None  # holds a weak reference; scores are recomputed after unpickling
+        return state
+
+    def _targets(self, model: nn.Module) -> list[tuple[nn.Module, str]]:
+        pairs = []
+        names = ("weight", "bias") if self.bias else ("weight",)
+        for module in model.modules():
+            if not isinstance(module, self.target_types):
+                continue
+            for name in names:
+                tensor = module._parameters.get(f"{name}_orig", module._parameters.get(name))
+                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                    pairs.append((module, name))
+        return pairs
+
+    def _model_of(self, group: Any) -> nn.Module:
+        graph_model = getattr(_graph_of(group), "model", None)
+        if self.model is not None:
+            if isinstance(graph_model, nn.Module) and graph_model is not self.model:
+                raise PruningError(
+                    f"{type(self).__name__}: this group belongs to a {type(graph_model).__name__} "
+                    f"traced by torch-pruning, not to the model given as model=; drop model=..."
+                )
+            return self.model
+        if not isinstance(graph_model, nn.Module):
+            raise PruningError(
+                f"{type(self).__name__} scores the whole network but cannot find it: groups built "
+                "by a tp.DependencyGraph (as every torch-pruning pruner builds them) carry their "
+                f"model; for other groups pass {type(self).__name__}(model=<your network>)."
+            )
+        return graph_model
+
+    # ------------------------------------------------------------------ reduction
+    def _reduce(self, scores: list[torch.Tensor], positions: list[torch.Tensor], length: int) -> torch.Tensor:
+        device = scores[0].device
+        how = self.group_reduction
+        if how == "first":
+            scores, positions = scores[:1], positions[:1]
+        elif how == "gate":
+            scores, positions = scores[-1:], positions[-1:]
+        if how == "prod":
+            total = torch.ones(length, dtype=torch.float64, device=device)
+        elif how == "max":
+            total = torch.full((length,), -math.inf, dtype=torch.float64, device=device)
+        else:
+            total = torch.zeros(length, dtype=torch.float64, device=device)
+        for score, pos in zip(scores, positions):
+            if how in ("sum", "mean", "first", "gate"):
+                total.index_add_(0, pos, score)
+            elif how == "max":
+                total.scatter_reduce_(0, pos, score, reduce="amax")
+            else:
+                total.scatter_reduce_(0, pos, score, reduce="prod")
+        if how == "max":
+            total = torch.where(torch.isinf(total) & (total < 0), torch.zeros_like(total), total)
+        if how == "mean":
+            total /= len(scores)
+        return total
+
+    def _normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        how = self.normalizer
+        if how is None:
+            return scores
+        if callable(how):
+            return how(scores)
+        if how == "sum":
+            return scores / scores.sum()
+        if how == "mean":
+            return scores / scores.mean()
+        if how == "max":
+            return scores / scores.max()
+        if how == "standarization":
+            return (scores - scores.min()) / (scores.max() - scores.min() + 1e-8)
+        return (scores - scores.mean()) / (scores.std() + 1e-8)  # gaussian
+
+    def _warn_unsupported(self, module: nn.Module, name: str, direction: str) -> None:
+        if type(module) in self._warned:
+            return
+        self._warned.add(type(module))
+        warnings.warn(
+            f"{type(self).__name__}: cannot map the element scores of {type(module).__name__}.{name} "
+            f"to its {direction}put channels; this layer type does not count towards the channel "
+            "scores (remove it from target_types to silence this warning).",
+            stacklevel=3,
+        )
+
+
+# ---------------------------------------------------------------------------- helpers
+def _graph_of(group: Any) -> Any:
+    return getattr(group, "_DG", None)
+
+
+def _direction(dep: Any, graph: Any) -> str | None:
+    """``"out"`` or ``"in"``: which dimension of its target layer a dependency prunes."""
+    handler = dep.handler
+    if graph is not None:
+        if graph.is_out_channel_pruning_fn(handler):
+            return "out"
+        if graph.is_in_channel_pruning_fn(handler):
+            return "in"
+        return None
+    return {"prune_out_channels": "out", "prune_in_channels": "in"}.get(getattr(handler, "__name__", ""))
+
+
+def _channel_scores(module: nn.Module, name: str, scores: torch.Tensor, direction: str) -> torch.Tensor | None:
+    """Element scores of ``module.<name>`` summed per output or input channel (None if unknown)."""
+    if name == "bias":
+        return scores if direction == "out" and scores.dim() == 1 else None
+    if isinstance(module, nn.modules.conv._ConvNd):
+        groups = module.groups
+        if module.transposed:  # weight: (in, out / groups, *kernel)
+            if direction == "in":
+                return scores.flatten(1).sum(1)
+            per_group = scores.reshape(groups, scores.shape[0] // groups, scores.shape[1], -1)
+            return per_group.sum(dim=(1, 3)).reshape(-1)
+        if direction == "out":  # weight: (out, in / groups, *kernel)
+            return scores.flatten(1).sum(1)
+        # input channel c of group g is column c mod (in/groups) of that group's filters only
+        per_group = scores.reshape(groups, scores.shape[0] // groups, scores.shape[1], -1)
+        return per_group.sum(dim=(1, 3)).reshape(-1)
+    if isinstance(module, nn.Linear):
+        return scores.sum(1) if direction == "out" else scores.sum(0)
+    if isinstance(module, _NORM_TYPES) and scores.dim() == 1 and direction == "out":
+        return scores
+    return None
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer is replaced, resized or modified in place."""
+    return tuple(
+        (name, id(t), t.data_ptr(), tuple(t.shape), t._version)
+        for name, t in itertools.chain(model.named_parameters(), model.named_buffers())
+    )
+
+
+def _traced_inputs(graph: Any) -> torch.Tensor | None:
+    """All ones shaped like the input the DependencyGraph traced, if it can be read.
+
+    The graph keeps the autograd nodes of its trace; a conv saves its input and a 2-D
+    linear layer (addmm, or mm without bias) its input matrix. Used only when every layer that reads the
+    model's input directly is such a layer and all of them saw the same shape."""
+    module2node = getattr(graph, "module2node", None)
+    if not module2node:
+        return None
+    found = set()
+    for module, node in module2node.items():
+        if node.inputs or not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+            continue
+        saved = None
+        for attr in ("_saved_input", "_saved_mat1", "_saved_self"):  # conv, addmm, mm
+            try:
+                saved = getattr(node.grad_fn, attr, None)
+            except RuntimeError:  # the saved tensor was freed
+                saved = None
+            if isinstance(saved, torch.Tensor):
+                break
+        if not isinstance(saved, torch.Tensor):
+            return None
+        found.add((tuple(saved.shape), saved.dtype, saved.device))
+    if len(found) != 1:
+        return None
+    shape, dtype, device = found.pop()
+    return torch.ones(shape, dtype=dtype, device=device)
+
+
+def _default_inputs(model: nn.Module, graph: Any) -> tuple[Any, str | None]:
+    traced = _traced_inputs(graph)
+    if traced is not None:
+        return traced, f"inferred from torch-pruning's trace, shape {tuple(traced.shape)}"
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, (tuple, list, torch.Size)) and shape and all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
+    ):
+        parameter = next(model.parameters(), None)
+        kwargs = {} if parameter is None else {"dtype": parameter.dtype, "device": parameter.device}
+        return torch.ones((1, *shape), **kwargs), f"built from model.input_shape={tuple(shape)}"
+    return None, None
+
+
+# ---------------------------------------------------------------------------- one class per criterion
+class RandomImportance(PaIImportance):
+    """Random channel scores (sums of Gaussian element scores): the baseline of the SynFlow
+    paper (https://arxiv.org/abs/2006.05467). ``seed=`` makes every step reproducible."""
+
+    criterion = "random"
+
+
+class MagnitudeImportance(PaIImportance):
+    """Magnitude at initialisation, PaI flavour: a channel scores the sum of |θ| of its
+    weights (p = 1), on conv/linear weights only and without normalisation by default.
+    ``MagnitudeImportance(target_types=(ConvNd, Linear, BatchNorm), normalizer="mean",
+    min_channels=0)`` equals torch-pruning's ``GroupMagnitudeImportance(p=1)`` on
+    conv/BatchNorm/linear networks (up to float32 rounding, which torch-pruning sums in)."""
+
+    criterion = "magnitude"
+
+
+class SNIPImportance(PaIImportance):
+    """SNIP, connection sensitivity (Lee et al., ICLR 2019, https://arxiv.org/abs/1810.02340):
+    a channel scores Σ|θ ⊙ ∂L/∂θ| over its weights; needs ``data=``."""
+
+    criterion = "snip"
+
+
+class GraSPImportance(PaIImportance):
+    """GraSP, gradient signal preservation (Wang et al., ICLR 2020,
+    https://arxiv.org/abs/2002.07376): a channel scores Σ θ ⊙ Hg (higher = keep, the
+    paper's sign convention flipped); scores can be negative. Needs ``data=``;
+    ``temperature=`` (default 200) divides the logits."""
+
+    criterion = "grasp"
+
+
+class SynFlowImportance(PaIImportance):
+    """SynFlow, iterative synaptic flow (Tanaka et al., NeurIPS 2020,
+    https://arxiv.org/abs/2006.05467): a channel scores the synaptic flow Σ|θ ⊙ ∂R/∂θ|
+    through its weights, R = 1ᵀ(∏|θˡ|)1 on an all-ones input. Data-free. Each pruning
+    step is one SynFlow round, so ``iterative_steps`` plays the role of the paper's
+    100 rounds. ``example_inputs=`` is optional (see the module documentation);
+    ``batchnorm="identity"`` scores as if BatchNorm were absent."""
+
+    criterion = "synflow"
+
+
+class IterSNIPImportance(PaIImportance):
+    """Iterative SNIP (de Jorge et al., ICLR 2021, https://arxiv.org/abs/2006.09081):
+    SNIP re-scored at every pruning step (one round per step); needs ``data=``."""
+
+    criterion = "itersnip"
+
+
+class FORCEImportance(PaIImportance):
+    """FORCE (de Jorge et al., ICLR 2021, https://arxiv.org/abs/2006.09081), one round per
+    step. A removed channel cannot come back, so in structured pruning FORCE's scores
+    are IterSNIP's; the class exists so every criterion has an importance. Needs ``data=``."""
+
+    criterion = "force"
+
+
+#: Registry name -> importance class, one per criterion of :data:`synflow_plugin.CRITERIA`.
+IMPORTANCES: dict[str, type[PaIImportance]] = {
+    cls.criterion: cls
+    for cls in (RandomImportance, MagnitudeImportance, SNIPImportance, GraSPImportance,
+                SynFlowImportance, IterSNIPImportance, FORCEImportance)
+}
+
+
+def get_importance(criterion: str, **kwargs: Any) -> PaIImportance:
+    """The importance of a criterion by registry name (case-insensitive), e.g.
+    ``get_importance("snip", data=loader)``; a criterion registered by the user without
+    a class here gets a :class:`PaIImportance`.
+
+    Raises:
+        PruningError: unknown name (the message lists the valid ones) or bad options.
+    """
+    if isinstance(criterion, str) and criterion.lower() in IMPORTANCES:
+        return IMPORTANCES[criterion.lower()](**kwargs)
+    return PaIImportance(criterion, **kwargs)
+
+
+# ---------------------------------------------------------------------------- checks
+def check_pruned(pruner: tp.pruner.BasePruner, *, warn: bool = True) -> int:
+    """How many channels a global torch-pruning pruner kept beyond its request so far.
+
+    torch-pruning skips a group without a word when its removal would empty a layer
+    (see the module documentation). Call this after ``pruner.step()``: it compares
+    the channels left in the prunable groups with ``pruning_ratio`` of the current step.
+
+    Args:
+        pruner: a ``tp.pruner.BasePruner`` (e.g. ``MetaPruner``) built with
+            ``global_pruning=True`` and one ``pruning_ratio``.
+        warn: emit a ``UserWarning`` naming the causes and the fixes when the request
+            was not met.
+
+    Returns:
+        ``remaining - requested`` channels: ``0`` when exactly the requested channels
+        were removed, positive when groups were skipped, negative when ties at the
+        threshold removed a few more.
+
+    Raises:
+        PruningTypeError: ``pruner`` is not a torch-pruning pruner.
+        PruningError: local, isomorphic or per-layer-ratio pruning, where no single
+            request exists to compare with.
+    """
+    if not isinstance(pruner, tp.pruner.BasePruner):
+        raise PruningTypeError(f"check_pruned() expects a torch-pruning pruner, got {type(pruner).__name__}")
+    if not pruner.global_pruning or pruner.pruning_ratio_dict or pruner.isomorphic:
+        raise PruningError(
+            "check_pruned() checks global pruning with a single pruning_ratio (global_pruning=True, "
+            "no pruning_ratio_dict, isomorphic=False); in local pruning each layer loses its own "
+            "share and torch-pruning never skips a layer for another one's threshold."
+        )
+    step = min(pruner.current_step, pruner.iterative_steps)
+    ratio = pruner.per_step_pruning_ratio[step]
+    requested = int(pruner.initial_total_channels * (1 - ratio))
+    channel_groups = getattr(pruner, "_get_channel_groups", lambda group: 1)
+    remaining = sum(
+        pruner.DG.get_out_channels(group[0].dep.target.module) // channel_groups(group)
+        for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                              root_module_types=pruner.root_module_types)
+    )
+    shortfall = remaining - requested
+    if shortfall > 0 and warn:
+        warnings.warn(
+            f"torch-pruning kept {remaining} channels where pruning_ratio={ratio:.3g} asks for "
+            f"{requested} (step {step} of {pruner.iterative_steps}): it skipped every group whose "
+            "channels all fell below the global threshold. Use an importance that protects a few "
+            "channels per group (the importances of synflow_plugin.torch_pruning do, min_channels=1), "
+            "and ask for no more than the groups can give while keeping them (a lower pruning_ratio "
+            "or max_pruning_ratio, or more iterative_steps).",
+            stacklevel=2,
+        )
+    return shortfall
