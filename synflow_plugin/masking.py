@@ -154,9 +154,9 @@ def smallest_positions(values: np.ndarray, count: int) -> np.ndarray:
     """Sorted positions of the ``count`` smallest ``values``; among equal values the
     earliest positions come first. Exact, whatever the ties.
 
-    An iterative round removes a small fraction of the survivors, so a random sample
-    first bounds the values that can be removed; only those are partitioned. A
-    round costs a few linear passes over ``values`` instead of a sort.
+    A random sample first brackets the threshold, so that only the values on the
+    short side of it are partitioned: an iterative round removes a small fraction of
+    the survivors and costs a few linear passes over ``values`` instead of a sort.
 
     >>> smallest_positions(np.array([3.0, 1.0, 1.0, 2.0, 1.0]), 2).tolist()
     [1, 2]
@@ -166,25 +166,40 @@ def smallest_positions(values: np.ndarray, count: int) -> np.ndarray:
         return np.empty(0, dtype=np.int64)
     if count >= n:
         return np.arange(n, dtype=np.int64)
+    if count > n // 2:  # select the survivors instead: the short side
+        kept = _extreme_positions(values, n - count, largest=True)
+        drop = np.ones(n, dtype=bool)
+        drop[kept] = False
+        return np.flatnonzero(drop)
+    return _extreme_positions(values, count, largest=False)
+
+
+def _extreme_positions(values: np.ndarray, count: int, largest: bool) -> np.ndarray:
+    """Sorted positions of the ``count`` smallest (or largest) values; ties are resolved
+    so that the earliest positions count as the smallest."""
+    n = values.size
     candidates = None
-    if count <= n // 2 and n > 4 * _SAMPLE:
+    if n > 4 * _SAMPLE:
         rng = np.random.default_rng(n)  # the result is exact; the sample only speeds it up
-        sample = np.sort(values[rng.integers(0, n, _SAMPLE)])
+        sample = values[rng.integers(0, n, _SAMPLE)]
         q = count / n
-        rank = int(q * _SAMPLE + 5.0 * math.sqrt(_SAMPLE * q * (1.0 - q)) + 2)
-        if rank < _SAMPLE:
-            candidates = np.flatnonzero(values <= sample[rank])
-            if candidates.size < count:  # the sample was unlucky
+        margin = int(q * _SAMPLE + 5.0 * math.sqrt(_SAMPLE * q * (1.0 - q)) + 2)
+        if margin < _SAMPLE:
+            rank = _SAMPLE - 1 - margin if largest else margin
+            bound = np.partition(sample, rank)[rank]
+            candidates = np.flatnonzero(values >= bound if largest else values <= bound)
+            if candidates.size < count:  # an unlucky sample: fall back to all values
                 candidates = None
-    if candidates is None:
-        candidates = np.arange(n, dtype=np.int64)
-    sub = values[candidates]
-    threshold = np.partition(sub, count - 1)[count - 1]
-    chosen = sub < threshold
+    sub = values if candidates is None else values[candidates]
+    rank = sub.size - count if largest else count - 1
+    threshold = np.partition(sub, rank)[rank]
+    chosen = sub > threshold if largest else sub < threshold
     missing = count - int(np.count_nonzero(chosen))
     if missing > 0:
-        chosen[np.flatnonzero(sub == threshold)[:missing]] = True
-    return candidates[chosen]
+        ties = np.flatnonzero(sub == threshold)
+        chosen[ties[-missing:] if largest else ties[:missing]] = True
+    positions = np.flatnonzero(chosen)
+    return positions if candidates is None else candidates[positions]
 
 
 def drop_smallest(values: np.ndarray, count: int) -> np.ndarray:
@@ -193,6 +208,11 @@ def drop_smallest(values: np.ndarray, count: int) -> np.ndarray:
     drop = np.zeros(values.size, dtype=bool)
     drop[smallest_positions(values, count)] = True
     return drop
+
+
+def _positions(mask: torch.Tensor) -> np.ndarray:
+    """Flat positions (int64, which numpy gathers fastest) of a mask's True entries."""
+    return np.flatnonzero(mask.reshape(-1).cpu().numpy())
 
 
 def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -337,7 +357,7 @@ def compute_masks(
     rounds = iterations or criterion.default_iterations
 
     # Per target: positions (flat, sorted) of the weights this call may rank.
-    candidates = [np.flatnonzero(m.reshape(-1).cpu().numpy()) for m in start_masks]
+    candidates = [_positions(m) for m in start_masks]
     survivors = [c.size for c in candidates]
     if scope == "global":
         total = sum(survivors)
