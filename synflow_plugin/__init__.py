@@ -31,7 +31,7 @@ from synflow_plugin.adapters.torch_prune import (
 from synflow_plugin.criteria import CRITERIA, Criterion, get_criterion, list_criteria, register_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.masking import ZeroFlowWarning, compute_masks, compute_scores
-from synflow_plugin.targets import prunable_parameters
+from synflow_plugin.targets import clone_model, prunable_parameters
 
 __all__ = [
     # torch.nn.utils.prune methods
@@ -55,6 +55,7 @@ __all__ = [
     "compute_masks",
     "compute_scores",
     "prunable_parameters",
+    "clone_model",
     "Criterion",
     "CRITERIA",
     "get_criterion",

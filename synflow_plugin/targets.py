@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from synflow_plugin.errors import PruningError, PruningTypeError
 
@@ -25,7 +26,8 @@ __all__ = [
     "prunable_parameters",
     "resolve_targets",
     "current_mask",
-    # the scoring copy
+    # copies
+    "clone_model",
     "scoring_copy",
 ]
 
@@ -166,14 +168,19 @@ def _has_grad_fn_attribute(module: nn.Module, name: str) -> bool:
     return isinstance(value, torch.Tensor) and not value.is_leaf
 
 
-def scoring_copy(model: nn.Module) -> nn.Module:
-    """A private, plain copy of ``model`` to score on.
+def clone_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also works on a model pruned with ``torch.nn.utils.prune``.
 
-    Pruned tensors (``weight_orig`` * ``weight_mask``) become ordinary parameters
-    holding the masked values, and every hook is removed so that scoring neither
-    re-applies masks behind our back nor triggers the user's logging hooks. The
-    non-leaf ``weight`` attributes that ``torch.nn.utils.prune`` leaves on a module
-    cannot be deep-copied; they are skipped and rebuilt from ``orig * mask``.
+    Such a model holds ``weight = weight_orig * weight_mask`` as a non-leaf tensor
+    attribute, which ``copy.deepcopy`` refuses to copy. Those attributes are skipped
+    and rebuilt on the copy from its own ``weight_orig`` and ``weight_mask``, so the
+    copy is pruned exactly like the original, hooks included.
+
+    >>> import torch.nn.utils.prune as prune
+    >>> layer = prune.l1_unstructured(nn.Linear(4, 2), "weight", amount=0.5)
+    >>> twin = clone_model(layer)
+    >>> torch.equal(twin.weight, layer.weight), twin.weight_orig is layer.weight_orig
+    (True, False)
     """
     memo: dict[int, object] = {}
     for module in model.modules():
@@ -184,10 +191,24 @@ def scoring_copy(model: nn.Module) -> nn.Module:
         clone = copy.deepcopy(model, memo)
     except Exception as exc:  # a model holding something that cannot be copied
         raise PruningError(
-            f"cannot copy the {type(model).__name__} model to score it ({exc}). Scoring runs on "
-            "a copy so that the model is left exactly as it was; make the model deep-copyable."
+            f"cannot copy the {type(model).__name__} model ({type(exc).__name__}: {exc}); "
+            "make it deep-copyable (no open files, locks or generators as attributes)."
         ) from exc
+    for module in clone.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                setattr(module, hook._tensor_name, hook.apply_mask(module))
+    return clone
 
+
+def scoring_copy(model: nn.Module) -> nn.Module:
+    """A private, plain copy of ``model`` to score on.
+
+    Pruned tensors (``weight_orig`` * ``weight_mask``) become ordinary parameters
+    holding the masked values, and every hook is removed so that scoring neither
+    re-applies masks behind our back nor triggers the user's logging hooks.
+    """
+    clone = clone_model(model)
     with torch.no_grad():
         for module in clone.modules():
             for hook_dict in (

@@ -169,6 +169,19 @@ def test_remove_pickle_deepcopy_and_state_dict_round_trip():
     target.eval()
     torch.testing.assert_close(target(x), expected)
 
+    # copy.deepcopy refuses a module that holds prune's hooks (a torch limitation);
+    # clone_model copies it, still pruned, and the copy trains with its mask applied.
+    with pytest.raises(RuntimeError):
+        copy.deepcopy(model)
+    twin = synflow_plugin.clone_model(model)
+    torch.testing.assert_close(twin(x), expected)
+    twin.train()
+    twin(x).sum().backward()
+    conv = prunable_parameters(twin)[1][0]
+    assert conv.weight_orig.grad is not None
+    assert torch.all(conv.weight_orig.grad[conv.weight_mask == 0] == 0)
+    assert twin.conv1.weight_orig.data_ptr() != model.conv1.weight_orig.data_ptr()
+
     # prune.remove makes the masks permanent; the result deep-copies.
     for m, n in params:
         prune.remove(m, n)
