@@ -8,7 +8,7 @@ arguments of the wrong type, as ``torch.nn.utils.prune`` keeps the two apart.
 
 from __future__ import annotations
 
-__all__ = ["PruningError", "PruningTypeError"]
+__all__ = ["PruningError", "PruningTypeError", "ExportError"]
 
 
 class PruningError(ValueError):
@@ -17,3 +17,11 @@ class PruningError(ValueError):
 
 class PruningTypeError(PruningError, TypeError):
     """An argument of the wrong type; the message names the expected type."""
+
+
+class ExportError(PruningError):
+    """A model that cannot be made permanent, compacted, exported, verified or benchmarked.
+
+    When a host library (torch.onnx, onnxruntime, torch-pruning) failed, its exception
+    is chained as ``__cause__``.
+    """

@@ -1,0 +1,472 @@
+"""Pruned model -> one verified ONNX file: permanent masks, compaction, export, checks.
+
+:func:`export_onnx` runs the whole pipeline on a copy of the model:
+
+1. masks made permanent (``torch.nn.utils.prune`` hooks removed, NNI ``masks=`` applied);
+2. all-zero channels removed (:func:`~synflow_plugin.export.compact_channels`);
+3. ``torch.onnx.export`` with the dynamo exporter, batch dimension dynamic, eval mode
+   (BatchNorm is folded into the convolutions by the exporter's optimiser);
+4. optionally, sparse weights stored as ONNX ``sparse_initializer`` s (COO);
+5. ``onnx.checker`` and ONNX Runtime outputs compared with torch's on the example inputs.
+
+The file is written into a temporary directory beside ``path`` and renamed into
+place only after it passed every check, so a failure leaves no file behind and an
+existing file is replaced only with ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from synflow_plugin.errors import PruningError, PruningTypeError
+from synflow_plugin.export._common import (
+    ExportError,
+    as_input_tuple,
+    check_nni_unwrapped,
+    check_path,
+    output_leaves,
+    relative_difference,
+    require_onnx,
+    require_torch_pruning,
+)
+from synflow_plugin.export.compact import _WEIGHTED, channel_counts, compact_channels
+from synflow_plugin.export.permanent import make_permanent
+
+__all__ = [
+    "export_onnx",
+    "ExportResult",
+    "to_sparse_initializers",
+    "densify_sparse_initializers",
+    "MAX_IR_VERSION",
+]
+
+#: Highest ONNX IR version written: onnxruntime 1.31 loads IR 10 (ONNX 1.16/1.17) files.
+MAX_IR_VERSION = 10
+#: Above this many bytes of weights, tensors go to a ``<path>.data`` side file
+#: (protobuf cannot serialise a message of 2 GiB or more).
+SINGLE_FILE_LIMIT = 2**31 - 2**26
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote and what it checked.
+
+    Attributes:
+        path: the ONNX file.
+        file_bytes: its size (plus the side file's, for models over 2 GB).
+        external_data: the side file, or None (the normal case: one self-contained file).
+        opset: the default-domain opset of the graph; ``ir_version`` its IR version.
+        removed_channels: ``{layer name: (channels before, after)}`` for compacted layers.
+        sparse_initializers: names of the weights stored as COO sparse tensors.
+        max_abs_diff / max_rel_diff: ONNX Runtime vs torch on the example inputs
+            (relative = divided by the largest output magnitude); None if not verified.
+    """
+
+    path: Path
+    file_bytes: int
+    opset: int
+    ir_version: int
+    external_data: Path | None = None
+    removed_channels: dict[str, tuple[int, int]] = field(default_factory=dict)
+    sparse_initializers: list[str] = field(default_factory=list)
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+
+    def __str__(self) -> str:
+        parts = [f"{self.path} ({self.file_bytes / 1e6:.2f} MB, opset {self.opset}, IR {self.ir_version})"]
+        if self.removed_channels:
+            before = sum(b for b, _ in self.removed_channels.values())
+            after = sum(a for _, a in self.removed_channels.values())
+            parts.append(f"{len(self.removed_channels)} layers compacted ({before} -> {after} channels)")
+        if self.sparse_initializers:
+            parts.append(f"{len(self.sparse_initializers)} sparse initializers")
+        if self.max_abs_diff is not None:
+            parts.append(f"onnxruntime vs torch: max abs diff {self.max_abs_diff:.3g} (relative {self.max_rel_diff:.3g})")
+        return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- sparse initializers
+def to_sparse_initializers(model_proto, *, min_elements: int = 16) -> list[str]:
+    """Move the sparse floating-point initializers of ``model_proto`` to ``sparse_initializer``.
+
+    An initializer is converted when the COO form (its non-zero values plus one int64
+    linear index each) is smaller than the dense one: below ~1/3 density for float32.
+    ONNX Runtime densifies them when it loads the model, so inference is unchanged.
+
+    Returns:
+        The converted initializers' names; ``model_proto`` is changed in place.
+    """
+    onnx, _ = require_onnx("to_sparse_initializers()", exporter=False)
+    from onnx import helper, numpy_helper
+
+    graph = model_proto.graph
+    floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    keep, converted = [], []
+    for init in graph.initializer:
+        numel = int(np.prod(init.dims)) if len(init.dims) else 1
+        if init.data_type not in floating or len(init.dims) == 0 or numel < min_elements:
+            keep.append(init)
+            continue
+        array = numpy_helper.to_array(init)
+        flat = array.reshape(-1)
+        index = np.flatnonzero(flat)
+        if index.size * (array.itemsize + 8) >= numel * array.itemsize:
+            keep.append(init)
+            continue
+        values = numpy_helper.from_array(flat[index], init.name)
+        if init.data_type != values.data_type:  # bfloat16 round-trips through float32 in numpy
+            keep.append(init)
+            continue
+        indices = numpy_helper.from_array(index.astype(np.int64), f"{init.name}__indices")
+        graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, list(init.dims)))
+        converted.append(init.name)
+    if converted:
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    return converted
+
+
+def densify_sparse_initializers(model_proto) -> None:
+    """Turn every ``sparse_initializer`` of ``model_proto`` back into a dense initializer (in place)."""
+    from onnx import numpy_helper
+
+    graph = model_proto.graph
+    for sparse in graph.sparse_initializer:
+        values = numpy_helper.to_array(sparse.values)
+        indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+        shape = tuple(int(d) for d in sparse.dims)
+        dense = np.zeros(int(np.prod(shape)) if shape else 1, dtype=values.dtype)
+        if indices.ndim == 2:  # [NNZ, rank] coordinates
+            indices = np.ravel_multi_index(indices.T, shape) if indices.size else indices.reshape(-1)
+        dense[indices] = values.reshape(-1)
+        graph.initializer.append(numpy_helper.from_array(dense.reshape(shape), sparse.values.name))
+    del graph.sparse_initializer[:]
+
+
+# --------------------------------------------------------------------------- helpers
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = lines[0] if lines else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's progress lines and host-library chatter (not real problems):
+    'torchvision is not installed' registry warnings and pytree deprecation warnings."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _torch_export(model: nn.Module, inputs: tuple, opset_version: int | None, dynamic_batch: bool):
+    kwargs: dict[str, Any] = dict(dynamo=True, verbose=False, optimize=True, external_data=False)
+    if opset_version is not None:
+        kwargs["opset_version"] = opset_version
+    if dynamic_batch:
+        batch = torch.export.Dim.DYNAMIC
+        kwargs["dynamic_shapes"] = tuple({0: batch} if t.dim() >= 1 else None for t in inputs)
+    with _quiet_exporter():
+        program = torch.onnx.export(model, inputs, **kwargs)
+        return program.model_proto
+
+
+def _session(ort, path: Path, threads: int = 1):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _run_onnxruntime(session, inputs: tuple) -> list[np.ndarray]:
+    names = [i.name for i in session.get_inputs()]
+    if len(names) != len(inputs):
+        raise ExportError(
+            f"the ONNX graph has {len(names)} inputs ({', '.join(names)}) but {len(inputs)} example "
+            "inputs were given; non-tensor arguments are not supported, bind them in the model."
+        )
+    feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs)}
+    return session.run(None, feed)
+
+
+def _fix_ir_version(onnx, model_proto) -> None:
+    opset = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if model_proto.ir_version <= MAX_IR_VERSION:
+        return
+    needed = onnx.helper.find_min_ir_version_for(list(model_proto.opset_import))
+    if needed > MAX_IR_VERSION:
+        raise ExportError(
+            f"export_onnx(): opset {opset} needs ONNX IR version {needed}, newer than the IR "
+            f"{MAX_IR_VERSION} that onnxruntime 1.31 loads; pass a lower opset_version (e.g. 20)."
+        )
+    model_proto.ir_version = MAX_IR_VERSION
+
+
+def _weight_bytes(model_proto) -> int:
+    """Bytes of tensor data in the graph (ByteSize() itself fails on messages over 2 GiB)."""
+    graph = model_proto.graph
+    total = sum(len(t.raw_data) or t.ByteSize() for t in graph.initializer)
+    total += sum(len(s.values.raw_data) + len(s.indices.raw_data) for s in graph.sparse_initializer)
+    return total
+
+
+def _check_options(caller, compact, sparse_initializers, verify, overwrite, rtol, dynamic_batch, opset_version):
+    for name, value in (("sparse_initializers", sparse_initializers), ("verify", verify),
+                        ("overwrite", overwrite), ("dynamic_batch", dynamic_batch)):
+        if not isinstance(value, bool):
+            raise PruningTypeError(f"{caller}: {name} should be True or False, got {value!r}")
+    if compact is not None and not isinstance(compact, bool):
+        raise PruningTypeError(
+            f"{caller}: compact should be True, False or None (compact when torch-pruning is installed), got {compact!r}"
+        )
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 <= rtol < 1:
+        raise PruningError(f"{caller}: rtol={rtol!r} should be a number in [0, 1), e.g. 1e-4")
+    if opset_version is not None and (isinstance(opset_version, bool) or not isinstance(opset_version, int)):
+        raise PruningTypeError(f"{caller}: opset_version should be an int such as 20 or None, got {opset_version!r}")
+
+
+def _has_zero_channels(model: nn.Module) -> bool:
+    for name, module in model.named_modules():
+        if isinstance(module, _WEIGHTED) and name:
+            w = module.weight.detach()
+            rows = w.transpose(0, 1) if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else w
+            if rows.reshape(rows.shape[0], -1).ne(0).any(dim=1).logical_not().any():
+                return True
+    return False
+
+
+def _resolve_compact(compact: bool | None, model: nn.Module, caller: str) -> bool:
+    if compact is not None:
+        return compact
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        if _has_zero_channels(model):
+            warnings.warn(
+                f"{caller}: the model has all-zero output channels but torch-pruning is not "
+                "installed, so they are exported as zeros (no speed-up). Install "
+                "'synflow-plugin[torch-pruning]' to remove them, or pass compact=False to silence this.",
+                stacklevel=3,
+            )
+        return False
+    return True
+
+
+def _place(tmp_file: Path, tmp_data: Path | None, path: Path, data_path: Path | None, overwrite: bool, caller: str):
+    if not overwrite and (path.exists() or (data_path is not None and data_path.exists())):
+        raise PruningError(f"{caller}: '{path}' appeared while exporting; pass overwrite=True to replace it.")
+    if tmp_data is not None and data_path is not None:
+        os.replace(tmp_data, data_path)
+    os.replace(tmp_file, path)
+
+
+# --------------------------------------------------------------------------- export
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | os.PathLike,
+    *,
+    masks: Mapping[str, Mapping[str, Any]] | None = None,
+    compact: bool | None = None,
+    sparse_initializers: bool = False,
+    verify: bool = True,
+    rtol: float = 1e-4,
+    overwrite: bool = False,
+    dynamic_batch: bool = True,
+    opset_version: int | None = None,
+) -> ExportResult:
+    """Export a pruned model to one ONNX file that ONNX Runtime runs, and check it.
+
+    The model itself is not changed: masks are made permanent on a copy, which is put
+    in eval mode (BatchNorm uses its running statistics) and exported with the dynamo
+    exporter of ``torch.onnx``.
+
+    Args:
+        model: the pruned network. Masks of ``torch.nn.utils.prune`` (and so of
+            ``SynFlow``, ``SNIP``, ...) are taken from the model; NNI masks are passed
+            as ``masks``; a model pruned by torch-pruning needs nothing more.
+        example_inputs: a tensor or tuple of tensors ``model`` accepts; they fix the
+            input shapes (the batch dimension stays dynamic) and serve for verification.
+        path: the ``.onnx`` file to write; its directory must exist.
+        masks: NNI masks ``{module_name: {"weight": mask, "bias": mask_or_None}}``
+            (call ``pruner.unwrap_model()`` before exporting).
+        compact: remove output channels that are exactly zero (:func:`compact_channels`,
+            needs torch-pruning): the way structured pruning turns into speed. ``None``
+            (default) compacts when torch-pruning is installed.
+        sparse_initializers: store weights that are sparse enough as ONNX
+            ``sparse_initializer`` (COO): ~0.3x the file size at 90% sparsity. Speed
+            is unchanged: ONNX Runtime densifies them on load.
+        verify: run ``onnx.checker`` and compare ONNX Runtime with torch on
+            ``example_inputs``; a difference above ``rtol`` is an error.
+        rtol: allowed ``max|onnxruntime - torch| / max|torch|``.
+        overwrite: replace an existing file (refused by default).
+        dynamic_batch: make the first dimension of every input dynamic (default), so
+            one file serves any batch size; False fixes the example's shapes.
+        opset_version: ONNX opset; ``None`` uses the exporter's default (20 with torch 2.13).
+
+    Returns:
+        An :class:`ExportResult` (path, size, compacted layers, sparse initializers,
+        measured difference).
+
+    Raises:
+        PruningTypeError: an argument of the wrong type.
+        PruningError: a bad path, an existing file without ``overwrite=True``, masks
+            that do not fit.
+        ExportError: the model cannot be exported, or fails verification (the cause is
+            chained). No file is left behind on any error.
+        ImportError: onnx, onnxruntime or onnxscript missing (extra ``[onnx]``), or
+            torch-pruning missing with ``compact=True``.
+
+    Example:
+        >>> import torch, torch.nn as nn, torch.nn.utils.prune as prune, tempfile, os
+        >>> from synflow_plugin import SynFlow, prunable_parameters
+        >>> model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        >>> x = torch.randn(1, 16)
+        >>> prune.global_unstructured(prunable_parameters(model), pruning_method=SynFlow,
+        ...                           amount=0.9, model=model, example_inputs=x, iterations=10)
+        >>> path = os.path.join(tempfile.mkdtemp(), "model.onnx")
+        >>> result = export_onnx(model, x, path, sparse_initializers=True)
+        >>> result.max_rel_diff <= 1e-4
+        True
+    """
+    caller = "export_onnx()"
+    if not isinstance(model, nn.Module):
+        raise PruningTypeError(f"{caller}: model should be a torch.nn.Module, got {type(model).__name__}")
+    inputs = as_input_tuple(example_inputs, caller)
+    path = check_path(path, caller, must_exist=False)
+    _check_options(caller, compact, sparse_initializers, verify, overwrite, rtol, dynamic_batch, opset_version)
+    if path.exists() and not overwrite:
+        raise PruningError(
+            f"{caller}: '{path}' already exists; pass overwrite=True to replace it, or choose another path."
+        )
+    onnx, ort = require_onnx(caller)
+    if compact is True:
+        require_torch_pruning(caller)
+    check_nni_unwrapped(model, caller)
+
+    # 1. permanent masks, on a copy
+    plain = make_permanent(model, masks=masks)
+    plain.eval()
+    try:
+        with torch.no_grad():
+            expected = [t.detach().cpu().numpy() for t in output_leaves(plain(*inputs), caller)]
+    except PruningError:
+        raise
+    except Exception as exc:
+        raise ExportError(
+            f"{caller}: the {type(model).__name__} model does not run on example_inputs "
+            f"({type(exc).__name__}: {_first_line(exc)}); pass inputs model(*example_inputs) accepts."
+        ) from exc
+    if verify and not all(np.isfinite(e).all() for e in expected if np.issubdtype(e.dtype, np.floating)):
+        raise ExportError(
+            f"{caller}: the {type(model).__name__} model returns NaN or inf on example_inputs, "
+            "so the export cannot be verified; check the weights (or pass verify=False)."
+        )
+
+    # 2. compaction
+    removed: dict[str, tuple[int, int]] = {}
+    exported = plain
+    if _resolve_compact(compact, plain, caller):
+        exported = compact_channels(plain, inputs, rtol=rtol)
+        before, after = channel_counts(plain), channel_counts(exported)
+        removed = {n: (before[n], after[n]) for n in before if after.get(n, before[n]) != before[n]}
+
+    # 3. export
+    try:
+        with torch.no_grad():
+            model_proto = _torch_export(exported, inputs, opset_version, dynamic_batch)
+    except Exception as exc:
+        hint = " (or pass dynamic_batch=False if the model fixes its batch size)" if dynamic_batch else ""
+        raise ExportError(
+            f"{caller}: the {type(model).__name__} model could not be exported to ONNX by torch.onnx "
+            f"(dynamo exporter): {type(exc).__name__}: {_first_line(exc)}. The model must be traceable "
+            f"by torch.export: no data-dependent Python control flow, only tensor inputs{hint}. "
+            "The full error is chained below."
+        ) from exc
+    _fix_ir_version(onnx, model_proto)
+    sparse_names = to_sparse_initializers(model_proto) if sparse_initializers else []
+    opset = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    # 4. write into a private directory beside `path`, check, rename into place
+    ir_version = model_proto.ir_version
+    external = _weight_bytes(model_proto) >= SINGLE_FILE_LIMIT
+    data_path = path.with_name(path.name + ".data") if external else None
+    if external and data_path.exists() and not overwrite:
+        raise PruningError(f"{caller}: '{data_path}' already exists; pass overwrite=True to replace it.")
+    try:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise PruningError(f"{caller}: cannot write into '{path.parent}': {exc}") from exc
+    try:
+        tmp_file = tmp_dir / path.name
+        try:
+            if external:
+                onnx.save_model(model_proto, str(tmp_file), save_as_external_data=True,
+                                all_tensors_to_one_file=True, location=data_path.name, size_threshold=1024)
+            else:
+                tmp_file.write_bytes(model_proto.SerializeToString())
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"{caller}: cannot write '{path}': {exc}") from exc
+        if external and not (tmp_dir / data_path.name).exists():  # every tensor was small
+            external, data_path = False, None
+        del model_proto
+        diff = rel = None
+        if verify:
+            diff, rel = _verify(onnx, ort, tmp_file, inputs, expected, rtol, caller, type(model).__name__)
+        size = tmp_file.stat().st_size + ((tmp_dir / data_path.name).stat().st_size if external else 0)
+        _place(tmp_file, tmp_dir / data_path.name if external else None, path, data_path, overwrite, caller)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return ExportResult(
+        path=path, file_bytes=size, opset=opset, ir_version=ir_version, external_data=data_path,
+        removed_channels=removed, sparse_initializers=sparse_names, max_abs_diff=diff, max_rel_diff=rel,
+    )
+
+
+def _verify(onnx, ort, file: Path, inputs, expected, rtol, caller, model_name) -> tuple[float, float]:
+    try:
+        onnx.checker.check_model(str(file))
+    except Exception as exc:
+        raise ExportError(f"{caller}: the exported graph of {model_name} fails onnx.checker: {_first_line(exc)}") from exc
+    try:
+        session = _session(ort, file)
+        actual = _run_onnxruntime(session, inputs)
+    except PruningError:
+        raise
+    except Exception as exc:
+        raise ExportError(
+            f"{caller}: onnxruntime {ort.__version__} cannot run the exported {model_name}: {_first_line(exc)}"
+        ) from exc
+    if len(actual) != len(expected):
+        raise ExportError(
+            f"{caller}: the ONNX model of {model_name} returns {len(actual)} outputs, torch {len(expected)}."
+        )
+    diff, rel = relative_difference(actual, expected)
+    if not rel <= rtol:
+        raise ExportError(
+            f"{caller}: onnxruntime and torch disagree on the exported {model_name}: max abs difference "
+            f"{diff:.3g}, relative {rel:.3g} > rtol={rtol:g}. Nothing was written. Pass a larger rtol "
+            "if this is float rounding, or verify=False to skip the check."
+        )
+    return diff, rel
