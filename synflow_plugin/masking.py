@@ -212,6 +212,8 @@ def drop_smallest(values: np.ndarray, count: int) -> np.ndarray:
 
 def _positions(mask: torch.Tensor) -> np.ndarray:
     """Flat positions (int64, which numpy gathers fastest) of a mask's True entries."""
+    if bool(mask.all()):
+        return np.arange(mask.numel(), dtype=np.int64)
     return np.flatnonzero(mask.reshape(-1).cpu().numpy())
 
 
@@ -294,7 +296,7 @@ def compute_scores(
     with torch.enable_grad():
         state = _scoring_state(model, targets, inputs, criterion)
         scores = _checked_scores(criterion, state)
-    return [s.detach() for s in scores]
+    return [s.detach().abs() if criterion.ranks_magnitude else s.detach() for s in scores]
 
 
 def compute_masks(
@@ -372,7 +374,7 @@ def compute_masks(
                                     total - num_to_prune(amount, total, caller))
         plans = [keep_schedule(n, f, rounds, schedule) for n, f in zip(survivors, finals)]
 
-    alive = [c.copy() for c in candidates]
+    alive = list(candidates)  # rounds build new arrays: sharing them is safe
     starts = [sum(survivors)] if scope == "global" else survivors
     if any(plan[-1] < n for plan, n in zip(plans, starts)):
         with torch.enable_grad():
@@ -409,6 +411,8 @@ def _one_round(state, criterion, candidates, alive, plans, r, scope):
     values = [joined[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     for score, pool, out in zip(scores, pools, values):
         np.take(_as_numpy(score), pool, out=out)
+    if criterion.ranks_magnitude:
+        np.abs(joined, out=joined)
     if np.isnan(joined.sum()):
         bad = next(t.qualified_name for t, v in zip(state.targets, values) if np.isnan(v).any())
         raise PruningError(

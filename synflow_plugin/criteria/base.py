@@ -197,12 +197,15 @@ class Criterion(abc.ABC):
         default_iterations: pruning rounds the paper uses (1 = one shot).
         revives: whether weights pruned in an earlier round of the same call may come
             back (FORCE); weights pruned before the call never do.
+        ranks_magnitude: the score is |score()|: the loop takes the absolute value of the
+            survivors' scores only, which spares a pass over every weight in each round.
     """
 
     name: ClassVar[str]
     needs_data: ClassVar[bool] = False
     default_iterations: ClassVar[int] = 1
     revives: ClassVar[bool] = False
+    ranks_magnitude: ClassVar[bool] = False
 
     def prepare(self, state: ScoringState) -> None:
         """Called once on the fresh scoring copy before the first round (e.g. SynFlow
@@ -210,7 +213,8 @@ class Criterion(abc.ABC):
 
     @abc.abstractmethod
     def score(self, state: ScoringState) -> list[torch.Tensor]:
-        """One score tensor per target, shaped like the target; higher is more important."""
+        """One score tensor per target, shaped like the target; higher is more important
+        (or larger in absolute value, if ``ranks_magnitude``)."""
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

@@ -60,6 +60,7 @@ class SynFlowCriterion(Criterion):
 
     name = "synflow"
     default_iterations = 100
+    ranks_magnitude = True  # |θ ⊙ ∂R/∂θ|
 
     def __init__(self, *, batchnorm: str = "eval") -> None:
         if batchnorm not in _BATCHNORM_MODES:
@@ -109,10 +110,7 @@ class SynFlowCriterion(Criterion):
     def score(self, state: ScoringState) -> list[torch.Tensor]:
         flow = self._total_flow(state)
         grads = torch.autograd.grad(flow, state.params, allow_unused=True)
-        return [
-            torch.zeros_like(p) if g is None else g.mul_(p.detach()).abs_()
-            for p, g in zip(state.params, grads)
-        ]
+        return [torch.zeros_like(p) if g is None else g.mul_(p.detach()) for p, g in zip(state.params, grads)]
 
 
 def _well_inside(value: float, dtype: torch.dtype) -> bool:
