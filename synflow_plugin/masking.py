@@ -246,6 +246,8 @@ def _scoring_state(model: nn.Module, targets: list[Target], inputs: Inputs, crit
     params = [copy.get_submodule(t.module_name)._parameters[t.name] for t in targets]
     for p in params:
         p.requires_grad_(True)
+        if not p.data.is_contiguous():  # e.g. channels_last: flat views must alias the data
+            p.data = p.data.contiguous()
     state = ScoringState(model=copy, targets=targets, params=params, initial=[], inputs=inputs)
     criterion.prepare(state)
     state.initial = [p.detach().clone() for p in params] if criterion.revives else [p.detach() for p in params]

@@ -216,3 +216,15 @@ def test_one_shot_iterator_data_is_read_once_for_iterative_criteria():
     first_only = compute_masks(model, prunable_parameters(model), "snip", amount=0.7, data=batches, num_batches=1)
     single = compute_masks(model, prunable_parameters(model), "snip", amount=0.7, data=batches[:1])
     assert all(torch.equal(a, b) for a, b in zip(first_only, single))
+
+
+def test_channels_last_weights_are_pruned_like_contiguous_ones():
+    torch.manual_seed(0)
+    model = create_model("conv", num_classes=4, input_shape=(3, 8, 8), depth=3, width=8)
+    twin = create_model("conv", num_classes=4, input_shape=(3, 8, 8), depth=3, width=8)
+    twin.load_state_dict(model.state_dict())
+    twin = twin.to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 8, 8)
+    a = compute_masks(model, prunable_parameters(model), "synflow", 0.9, example_inputs=x, iterations=5)
+    b = compute_masks(twin, prunable_parameters(twin), "synflow", 0.9, example_inputs=x, iterations=5)
+    assert all(torch.equal(m, n) for m, n in zip(a, b))
