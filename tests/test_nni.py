@@ -610,3 +610,29 @@ def test_fewer_batches_than_asked_is_a_warning():
     pruner = SNIPPruner(model, GLOBAL, evaluator_for(model, batches(1))[0], num_batches=3)
     with pytest.warns(UserWarning, match="1 of num_batches=3"):
         pruner.compress()
+
+
+def test_out_channel_masks_on_a_residual_net_compact_to_a_smaller_model():
+    # NNI's own speedup cannot rebuild the residual shortcuts; our compaction, through
+    # torch-pruning's dependency graph, removes the channels that every coupled layer
+    # masks, and the smaller model computes what the masked one does.
+    from synflow_plugin.export import compact_channels
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, width_multiplier=0.5)
+    config = [{"op_types": ["Conv2d"], "exclude_op_names": ["conv1"], "sparse_ratio": 0.5,
+               "granularity": "out_channel"}]
+    pruner = SynFlowPruner(model, config, dummy_input=torch.randn(1, 3, 32, 32), iterations=5)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    masked = apply_masks(copy.deepcopy(model), complete_masks(model, masks)).eval()
+    x = torch.randn(4, 3, 32, 32)
+    small = compact_channels(masked, x).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), masked(x), rtol=1e-4, atol=1e-5)
+    before = sum(p.numel() for p in model.parameters())
+    after = sum(p.numel() for p in small.parameters())
+    assert after < 0.6 * before
+    # Inside each block the first conv is free of the shortcut: exactly half its channels go.
+    first = small.stages[0][0].conv1
+    assert first.out_channels == masked.stages[0][0].conv1.out_channels // 2
