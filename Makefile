@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo demo-quick bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py synflow_plugin/_kernels.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0

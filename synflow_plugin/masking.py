@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from synflow_plugin._kernels import delete_sorted, gather, positions_beyond
 from synflow_plugin.criteria import Criterion, Inputs, ScoringState, get_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.targets import Target, current_mask, resolve_targets, scoring_copy
@@ -187,7 +188,7 @@ def _extreme_positions(values: np.ndarray, count: int, largest: bool) -> np.ndar
         if margin < _SAMPLE:
             rank = _SAMPLE - 1 - margin if largest else margin
             bound = np.partition(sample, rank)[rank]
-            candidates = np.flatnonzero(values >= bound if largest else values <= bound)
+            candidates = positions_beyond(values, bound, upper=not largest)
             if candidates.size < count:  # an unlucky sample: fall back to all values
                 candidates = None
     sub = values if candidates is None else values[candidates]
@@ -217,9 +218,12 @@ def _positions(mask: torch.Tensor) -> np.ndarray:
     return np.flatnonzero(mask.reshape(-1).cpu().numpy())
 
 
-def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
+def _as_numpy(tensor: torch.Tensor, dtype: type = None) -> np.ndarray:
+    """A flat float32/float64 numpy view (a copy only where needed) of ``tensor``."""
     tensor = tensor.detach()
-    if tensor.dtype not in (torch.float32, torch.float64):
+    if dtype is not None:
+        tensor = tensor.to(torch.float64 if dtype == np.float64 else torch.float32)
+    elif tensor.dtype not in (torch.float32, torch.float64):
         tensor = tensor.float()
     return tensor.cpu().reshape(-1).numpy()
 
@@ -255,6 +259,12 @@ def _scoring_state(model: nn.Module, targets: list[Target], inputs: Inputs, crit
 
 
 def _checked_scores(criterion: Criterion, state: ScoringState) -> list[torch.Tensor]:
+    """The scores ranked, for every weight (see :meth:`Criterion.finish`)."""
+    return criterion.finish(state, _raw_scores(criterion, state))
+
+
+def _raw_scores(criterion: Criterion, state: ScoringState) -> list[torch.Tensor]:
+    """What ``criterion.score`` returns, checked; the loop finishes them for the survivors."""
     scores = criterion.score(state)
     if len(scores) != len(state.targets):
         raise PruningError(
@@ -298,7 +308,7 @@ def compute_scores(
     with torch.enable_grad():
         state = _scoring_state(model, targets, inputs, criterion)
         scores = _checked_scores(criterion, state)
-    return [s.detach().abs() if criterion.ranks_magnitude else s.detach() for s in scores]
+    return [s.detach() for s in scores]
 
 
 def compute_masks(
@@ -403,18 +413,20 @@ def _one_round(state, criterion, candidates, alive, plans, r, scope):
                 flat.zero_()
                 index = torch.from_numpy(keep).to(p.device)
                 flat.index_copy_(0, index, theta0.reshape(-1).index_select(0, index))
-    scores = _checked_scores(criterion, state)
+    scores = _raw_scores(criterion, state)
     pools = candidates if criterion.revives else alive
 
     # Gather the pools' scores into one buffer: a view per target.
     bounds = np.cumsum([0] + [pool.size for pool in pools])
     dtype = np.float64 if any(s.dtype == torch.float64 for s in scores) else np.float32
-    joined = np.empty(bounds[-1], dtype=dtype)
+    buffer = state.cache.get("_joined")
+    if buffer is None or buffer.dtype != dtype or buffer.size < bounds[-1]:
+        buffer = state.cache["_joined"] = np.empty(bounds[-1], dtype=dtype)  # reused by later rounds
+    joined = buffer[: bounds[-1]]
     values = [joined[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    for score, pool, out in zip(scores, pools, values):
-        np.take(_as_numpy(score), pool, out=out)
-    if criterion.ranks_magnitude:
-        np.abs(joined, out=joined)
+    for score, param, pool, out in zip(scores, state.params, pools, values):
+        weight = _as_numpy(param, dtype) if criterion.times_weight else None
+        gather(_as_numpy(score, dtype), pool, out, weight=weight, absolute=criterion.ranks_magnitude)
     if np.isnan(joined.sum()):
         bad = next(t.qualified_name for t, v in zip(state.targets, values) if np.isnan(v).any())
         raise PruningError(
@@ -431,13 +443,18 @@ def _one_round(state, criterion, candidates, alive, plans, r, scope):
     else:
         drops = [smallest_positions(v, v.size - plan[r]) for v, plan in zip(values, plans)]
 
+    # Survivors go to two buffers per target used in turn, so that no round allocates
+    # (and page-faults) arrays as large as the model.
+    buffers = state.cache.setdefault("_survivors", [(np.empty(c.size, np.int64), np.empty(c.size, np.int64))
+                                                    for c in candidates])
     survivors = []
     with torch.no_grad():
-        for p, pool, drop in zip(state.params, pools, drops):
-            survivors.append(np.delete(pool, drop) if drop.size else pool)
+        for p, pool, drop, pair in zip(state.params, pools, drops, buffers):
             if not criterion.revives and drop.size:
                 index = torch.from_numpy(pool[drop]).to(p.device)
                 p.data.reshape(-1).index_fill_(0, index, 0)
+            target = pair[1] if np.may_share_memory(pool, pair[0]) else pair[0]
+            survivors.append(delete_sorted(pool, drop, out=target))
     return survivors
 
 

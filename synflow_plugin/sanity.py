@@ -98,7 +98,7 @@ class InvertedCriterion(Criterion):
         self.base.prepare(state)
 
     def score(self, state: ScoringState) -> list[torch.Tensor]:
-        return [torch.neg(s) for s in self.base.score(state)]
+        return [torch.neg(s) for s in self.base.finish(state, self.base.score(state))]
 
     def __repr__(self) -> str:
         return f"InvertedCriterion({self.base!r})"

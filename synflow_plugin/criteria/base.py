@@ -197,14 +197,17 @@ class Criterion(abc.ABC):
         default_iterations: pruning rounds the paper uses (1 = one shot).
         revives: whether weights pruned in an earlier round of the same call may come
             back (FORCE); weights pruned before the call never do.
-        ranks_magnitude: the score is |score()|: the loop takes the absolute value of the
-            survivors' scores only, which spares a pass over every weight in each round.
+        times_weight: :meth:`score` returns a gradient g and the score is θ ⊙ g, with θ
+            the target's current (masked) value: the loop multiplies only the survivors,
+            which spares a pass over every weight in each round.
+        ranks_magnitude: the score is the absolute value, taken on the survivors only.
     """
 
     name: ClassVar[str]
     needs_data: ClassVar[bool] = False
     default_iterations: ClassVar[int] = 1
     revives: ClassVar[bool] = False
+    times_weight: ClassVar[bool] = False
     ranks_magnitude: ClassVar[bool] = False
 
     def prepare(self, state: ScoringState) -> None:
@@ -214,7 +217,15 @@ class Criterion(abc.ABC):
     @abc.abstractmethod
     def score(self, state: ScoringState) -> list[torch.Tensor]:
         """One score tensor per target, shaped like the target; higher is more important
-        (or larger in absolute value, if ``ranks_magnitude``)."""
+        (after the ``times_weight`` and ``ranks_magnitude`` steps, where set)."""
+
+    def finish(self, state: ScoringState, scores: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The scores ranked, for every weight, from what :meth:`score` returned: applies
+        ``times_weight`` and ``ranks_magnitude`` (the pruning loop does this for the
+        survivors only)."""
+        if self.times_weight:
+            scores = [s * p.detach() for s, p in zip(scores, state.params)]
+        return [s.abs() for s in scores] if self.ranks_magnitude else scores
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

@@ -60,7 +60,8 @@ class SynFlowCriterion(Criterion):
 
     name = "synflow"
     default_iterations = 100
-    ranks_magnitude = True  # |θ ⊙ ∂R/∂θ|
+    times_weight = True  # score() gives ∂R/∂θ; the score is |θ ⊙ ∂R/∂θ|
+    ranks_magnitude = True
 
     def __init__(self, *, batchnorm: str = "eval") -> None:
         if batchnorm not in _BATCHNORM_MODES:
@@ -110,7 +111,8 @@ class SynFlowCriterion(Criterion):
     def score(self, state: ScoringState) -> list[torch.Tensor]:
         flow = self._total_flow(state)
         grads = torch.autograd.grad(flow, state.params, allow_unused=True)
-        return [torch.zeros_like(p) if g is None else g.mul_(p.detach()) for p, g in zip(state.params, grads)]
+        # ∂R/∂θ: the loop forms |θ ⊙ ∂R/∂θ| for the surviving weights only.
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(state.params, grads)]
 
 
 def _well_inside(value: float, dtype: torch.dtype) -> bool:
