@@ -17,11 +17,16 @@ import numpy as np
 __all__ = ["COMPILED", "gather", "positions_beyond", "delete_sorted"]
 
 
+_ABI = 1  # must equal kernels_abi() in _kernels.c
+
+
 def _load() -> ctypes.CDLL | None:
     for path in sorted(Path(__file__).parent.glob("_ckernels*.so")):
         try:
             lib = ctypes.CDLL(str(path))
-        except OSError:
+            if lib.kernels_abi() != _ABI:  # a stale build: reinstall to rebuild it
+                continue
+        except (OSError, AttributeError):
             continue
         p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         for name in ("gather_f32", "gather_f64"):
