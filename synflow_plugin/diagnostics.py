@@ -175,6 +175,7 @@ def critical_compression(
     result = CollapseResult(criterion=str(criterion), critical_exponent=None)
     bar = tqdm(grid, desc=f"collapse sweep {criterion}", unit="point",
                disable=(not progress) if progress is not None else None, leave=False)
+    clean_so_far = True
     for exponent in bar:
         model = model_fn()
         params = prunable_parameters(model)
@@ -190,11 +191,11 @@ def critical_compression(
             "density": total / sum(mask.numel() for mask in masks), "collapsed": collapsed,
         })
         result.densities.append(per_layer)
-        if collapsed and stop_at_collapse:
-            break
-        if not collapsed and (result.critical_exponent is None or all(
-                not p["collapsed"] for p in result.points)):
+        clean_so_far = clean_so_far and not collapsed
+        if clean_so_far:
             result.critical_exponent = exponent
+        elif stop_at_collapse:
+            break
     return result
 
 

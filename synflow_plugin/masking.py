@@ -233,11 +233,8 @@ def _prepare(model, params, criterion, options, example_inputs, data, loss_fn, n
     criterion = get_criterion(criterion, **options)
     targets = resolve_targets(model, params, caller=caller)
     inputs = Inputs(example_inputs=example_inputs, data=data, loss_fn=loss_fn, num_batches=num_batches)
-    if criterion.needs_data and data is None:
-        raise PruningError(
-            f"{caller}: {criterion.name} is data-driven: pass data=<a DataLoader or an iterable "
-            "of (inputs, targets) batches>, e.g. a few batches of your training set."
-        )
+    if criterion.needs_data:
+        inputs.require_data(criterion.name, caller)
     start_masks = [current_mask(model.get_submodule(t.module_name), t.name) for t in targets]
     return criterion, targets, inputs, start_masks
 
@@ -445,8 +442,10 @@ def _one_round(state, criterion, candidates, alive, plans, r, scope):
 
     # Survivors go to two buffers per target used in turn, so that no round allocates
     # (and page-faults) arrays as large as the model.
-    buffers = state.cache.setdefault("_survivors", [(np.empty(c.size, np.int64), np.empty(c.size, np.int64))
-                                                    for c in candidates])
+    buffers = state.cache.get("_survivors")
+    if buffers is None:
+        buffers = state.cache["_survivors"] = [(np.empty(c.size, np.int64), np.empty(c.size, np.int64))
+                                               for c in candidates]
     survivors = []
     with torch.no_grad():
         for p, pool, drop, pair in zip(state.params, pools, drops, buffers):

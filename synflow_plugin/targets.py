@@ -168,6 +168,23 @@ def _has_grad_fn_attribute(module: nn.Module, name: str) -> bool:
     return isinstance(value, torch.Tensor) and not value.is_leaf
 
 
+def _deepcopy_pruned(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` skipping the non-leaf ``weight = weight_orig * weight_mask``
+    attributes that ``torch.nn.utils.prune`` leaves on a module (they cannot be copied)."""
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for name in list(module.__dict__):
+            if _has_grad_fn_attribute(module, name):
+                memo[id(module.__dict__[name])] = None
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception as exc:  # a model holding something that cannot be copied
+        raise PruningError(
+            f"cannot copy the {type(model).__name__} model ({type(exc).__name__}: {exc}); "
+            "make it deep-copyable (no open files, locks or generators as attributes)."
+        ) from exc
+
+
 def clone_model(model: nn.Module) -> nn.Module:
     """``copy.deepcopy`` that also works on a model pruned with ``torch.nn.utils.prune``.
 
@@ -182,18 +199,7 @@ def clone_model(model: nn.Module) -> nn.Module:
     >>> torch.equal(twin.weight, layer.weight), twin.weight_orig is layer.weight_orig
     (True, False)
     """
-    memo: dict[int, object] = {}
-    for module in model.modules():
-        for name in list(module.__dict__):
-            if _has_grad_fn_attribute(module, name):
-                memo[id(module.__dict__[name])] = None
-    try:
-        clone = copy.deepcopy(model, memo)
-    except Exception as exc:  # a model holding something that cannot be copied
-        raise PruningError(
-            f"cannot copy the {type(model).__name__} model ({type(exc).__name__}: {exc}); "
-            "make it deep-copyable (no open files, locks or generators as attributes)."
-        ) from exc
+    clone = _deepcopy_pruned(model)
     for module in clone.modules():
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, prune.BasePruningMethod):
@@ -208,7 +214,7 @@ def scoring_copy(model: nn.Module) -> nn.Module:
     holding the masked values, and every hook is removed so that scoring neither
     re-applies masks behind our back nor triggers the user's logging hooks.
     """
-    clone = clone_model(model)
+    clone = _deepcopy_pruned(model)  # the pruned tensors are rebuilt below, without hooks
     with torch.no_grad():
         for module in clone.modules():
             for hook_dict in (

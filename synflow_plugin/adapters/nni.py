@@ -110,6 +110,7 @@ from synflow_plugin import masking
 from synflow_plugin.criteria import get_criterion
 from synflow_plugin.criteria.base import describe
 from synflow_plugin.errors import PruningError, PruningTypeError
+from synflow_plugin.export.permanent import apply_masks
 from synflow_plugin.masking import SCHEDULES, compute_masks, compute_scores, drop_smallest, keep_schedule
 
 __all__ = [
@@ -1111,25 +1112,6 @@ def _check_unwrapped(model: nn.Module, caller: str) -> None:
         )
 
 
-def _bake(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor | None]]) -> None:
-    """Multiply the masked tensors of an unwrapped model by their masks, in place (the
-    public form, with full checks, is :func:`synflow_plugin.export.apply_masks`)."""
-    with torch.no_grad():
-        for module_name, module_masks in masks.items():
-            module = model.get_submodule(module_name)
-            for target_name, mask in module_masks.items():
-                tensor = getattr(module, target_name, None)
-                if mask is None:
-                    continue
-                if not isinstance(tensor, torch.Tensor) or tensor.shape != mask.shape:
-                    raise PruningError(
-                        f"speedup_model(): the mask of '{module_name}.{target_name}' has shape "
-                        f"{tuple(mask.shape)} but the tensor is {describe(tensor)}; pass the masks "
-                        "pruner.compress() returned for this model."
-                    )
-                tensor.mul_(mask.to(device=tensor.device, dtype=tensor.dtype))
-
-
 _ZERO_PRESERVING = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
                     nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
                     nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Identity)
@@ -1277,7 +1259,7 @@ def speedup_model(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tenso
         full[name] = {t: None if m is None else (m if t not in ("weight", "bias") else
                                                  m + (~alive if t == "weight" else dead).to(m.dtype))
                       for t, m in masks[name].items()}
-    _bake(model, full)
+    apply_masks(model, full, caller="speedup_model()")
     training = model.training
     # NNI logs every node at INFO; its messages go to this module's logger (silent unless configured).
     ModelSpeedup(model, dummy_input, {n: m for n, m in full.items() if n not in outputs},

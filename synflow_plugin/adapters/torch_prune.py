@@ -143,8 +143,7 @@ class PaIPruningMethod(prune.BasePruningMethod):
             )
         params, self._params = self._params, None
         masks = self._masks(params)
-        request, self._request = self._request, {}  # drop references to the model and data
-        del request
+        self._request = {}  # drop the references to the model and the data
         # prune hands over only the entries that survive earlier masks: answer in kind.
         mask = torch.cat([m.reshape(-1) for m in masks])
         if any(prune.is_pruned(m) and f"{n}_mask" in m._buffers for m, n in params):

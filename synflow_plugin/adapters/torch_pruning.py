@@ -89,7 +89,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from synflow_plugin.criteria import Criterion, get_criterion
+from synflow_plugin.criteria import Criterion, Inputs, get_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.masking import compute_scores
 
@@ -236,14 +236,10 @@ class PaIImportance(tp.importance.Importance):
             )
         if model is not None and not isinstance(model, nn.Module):
             raise PruningTypeError(f"{caller}: model should be a torch.nn.Module, got {type(model).__name__}")
-        if self._criterion.needs_data and data is None:
-            raise PruningError(
-                f"{caller}: {self._criterion.name} is data-driven: pass data=<a DataLoader or an "
-                "iterable of (inputs, targets) batches>, e.g. a few batches of your training set."
-            )
-        if data is not None and not isinstance(data, (torch.Tensor, str, bytes)) and isinstance(data, Iterable):
-            if iter(data) is data:  # a one-shot iterator would be empty from the second step on
-                data = list(itertools.islice(data, num_batches))
+        inputs = Inputs(data=data, num_batches=num_batches)  # checks data, reads a one-shot iterator once
+        if self._criterion.needs_data:
+            inputs.require_data(self._criterion.name, caller)
+        data = inputs.reusable_data  # a one-shot iterator would be empty from the second step on
 
         self.example_inputs = example_inputs
         self.data = data

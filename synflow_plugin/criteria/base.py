@@ -102,13 +102,22 @@ class Inputs:
                 f"model(...) accepts: {describe(args)} was given."
             ) from exc
 
-    def batches(self, criterion: str) -> Iterator[tuple[Any, torch.Tensor]]:
-        """The labelled batches, checked; raises if there are none."""
+    @property
+    def reusable_data(self) -> Iterable | None:
+        """``data`` in a form every round can read again (a one-shot iterator, read once)."""
+        return self._cached if self._cached is not None else self.data
+
+    def require_data(self, criterion: str, caller: str | None = None) -> None:
+        """Raise the error that tells a user of a data-driven criterion to pass ``data=``."""
         if self.data is None:
             raise PruningError(
-                f"{criterion} is data-driven: pass data=<a DataLoader or an iterable of "
-                "(inputs, targets) batches>, e.g. a few batches of your training set."
+                f"{caller + ': ' if caller else ''}{criterion} is data-driven: pass data=<a DataLoader "
+                "or an iterable of (inputs, targets) batches>, e.g. a few batches of your training set."
             )
+
+    def batches(self, criterion: str) -> Iterator[tuple[Any, torch.Tensor]]:
+        """The labelled batches, checked; raises if there are none."""
+        self.require_data(criterion)
         source = self._cached if self._cached is not None else itertools.islice(self.data, self.num_batches)
         count = 0
         for batch in source:
