@@ -1,10 +1,16 @@
 """The pruning loop's per-round array work, compiled where possible.
 
-Every round of an iterative criterion gathers the survivors' scores, finds the
-candidates below a bound and removes the pruned positions from the survivors: a few
-passes over up to all the weights, a hundred times for SynFlow. The C versions in
-``_kernels.c`` (built at install time when a compiler is available) do each in one
-pass; the numpy versions here give the same results everywhere else.
+Every round of an iterative criterion scores the survivors of each tensor, finds
+the ones to prune and removes them: passes over up to all the weights, a hundred
+times for SynFlow. The C versions in ``_kernels.c`` (built at install time when a
+compiler is available) do it in one pass per segment and release the GIL, so that
+threads can share the segments; the numpy versions here give the same results
+everywhere else.
+
+A *segment* is an int32 array ``pos`` of ascending offsets into a flat tensor; an
+offset < 0 marks an entry pruned in the previous round, dropped by the next
+:func:`score_pass`. Scores and weights are passed as flat arrays starting at the
+segment's first position.
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["COMPILED", "gather", "positions_beyond", "delete_sorted"]
+__all__ = ["COMPILED", "simd", "sample_scores", "score_pass", "drop", "positions_beyond"]
 
 
-_ABI = 1  # must equal kernels_abi() in _kernels.c
+_ABI = 3  # must equal kernels_abi() in _kernels.c
 
 
 def _load() -> ctypes.CDLL | None:
@@ -29,14 +35,16 @@ def _load() -> ctypes.CDLL | None:
         except (OSError, AttributeError):
             continue
         p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        for name in ("gather_f32", "gather_f64"):
-            getattr(lib, name).argtypes = [p, p, p, i64, p, c_int]
-            getattr(lib, name).restype = None
-        lib.select_f32.argtypes = [p, i64, ctypes.c_float, c_int, p]
-        lib.select_f64.argtypes = [p, i64, ctypes.c_double, c_int, p]
-        lib.select_f32.restype = lib.select_f64.restype = i64
-        lib.delete_sorted.argtypes = [p, i64, p, i64, p]
-        lib.delete_sorted.restype = i64
+        for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+            sample, scan, select = (getattr(lib, f"{name}_{suffix}") for name in ("sample", "pass", "select"))
+            sample.argtypes = [p, i64, p, p, c_int, p, i64, ctypes.c_uint64]
+            scan.argtypes = [p, i64, p, p, c_int, real, real, p, p, p, p]
+            select.argtypes = [p, i64, real, c_int, p]
+            sample.restype = scan.restype = select.restype = i64
+        lib.drop.argtypes = [p, p, i64, p, i64]
+        lib.drop.restype = None
+        lib.kernels_simd.argtypes = [c_int]
+        lib.kernels_simd.restype = c_int
         return lib
     return None
 
@@ -46,49 +54,98 @@ _LIB = _load()
 COMPILED = _LIB is not None
 
 
-def _usable(*arrays: np.ndarray) -> bool:
-    return _LIB is not None and all(a.flags.c_contiguous for a in arrays)
+def simd(enable: bool | None = None) -> bool:
+    """Whether the compiled float32 pass uses AVX-512 (where the CPU has it); pass
+    ``enable`` to switch it (the results are the same either way)."""
+    if _LIB is None:
+        return False
+    return bool(_LIB.kernels_simd(-1 if enable is None else int(enable)))
 
 
-def gather(score: np.ndarray, pool: np.ndarray, out: np.ndarray, *,
-           weight: np.ndarray | None = None, absolute: bool = False) -> None:
-    """``out[:] = score[pool]`` (times ``weight[pool]``), in absolute value if asked.
+def _usable(*arrays: np.ndarray | None) -> bool:
+    return _LIB is not None and all(a is None or a.flags.c_contiguous for a in arrays)
 
-    ``score``, ``weight`` and ``out`` share one dtype (float32 or float64); ``pool`` is int64.
+
+def _address(array: np.ndarray | None) -> int | None:
+    return None if array is None else array.ctypes.data
+
+
+def _suffix(array: np.ndarray) -> str:
+    return "f64" if array.dtype == np.float64 else "f32"
+
+
+def _scores(pos: np.ndarray, grad: np.ndarray, weight: np.ndarray | None, absolute: bool) -> np.ndarray:
+    values = grad[pos] if weight is None else grad[pos] * weight[pos]
+    return np.abs(values) if absolute else values
+
+
+def sample_scores(pos: np.ndarray, n: int, grad: np.ndarray, weight: np.ndarray | None,
+                  absolute: bool, out: np.ndarray, seed: int) -> int:
+    """Scores of a stratified sample of ``pos[:n]`` (one draw in each of ``out.size``
+    equal strata, marked entries skipped), written to ``out``; returns their number."""
+    m = out.size
+    if m == 0 or n == 0:
+        return 0
+    if _usable(pos, grad, weight, out):
+        kernel = getattr(_LIB, f"sample_{_suffix(grad)}")
+        return kernel(pos.ctypes.data, n, grad.ctypes.data, _address(weight), int(absolute),
+                      out.ctypes.data, m, seed & (2**64 - 1))
+    rng = np.random.default_rng(seed)
+    index = np.minimum(((np.arange(m) + rng.random(m)) * (n / m)).astype(np.int64), n - 1)
+    picked = pos[index]
+    picked = picked[picked >= 0]
+    out[: picked.size] = _scores(picked, grad, weight, absolute)
+    return picked.size
+
+
+def score_pass(pos: np.ndarray, n: int, grad: np.ndarray, weight: np.ndarray | None, absolute: bool,
+               lo: float, hi: float, below: np.ndarray, band: np.ndarray, band_score: np.ndarray
+               ) -> tuple[int, int, int, int, int]:
+    """Compact ``pos[:n]`` in place (dropping marked entries) and sort its scores by the
+    bracket ``[lo, hi]``: the indices of scores ``< lo`` go to ``below``, the others
+    not ``> hi`` (NaN included) to ``band`` with their scores in ``band_score`` (all
+    with room for ``n``).
+
+    Returns ``(new n, below count, band count, NaN count, non-zero count)``.
     """
-    if _usable(score, pool, out) and (weight is None or _usable(weight)):
-        kernel = _LIB.gather_f64 if score.dtype == np.float64 else _LIB.gather_f32
-        kernel(score.ctypes.data, None if weight is None else weight.ctypes.data, pool.ctypes.data,
-               pool.size, out.ctypes.data, int(absolute))
+    if _usable(pos, grad, weight, below, band, band_score):
+        stats = np.empty(4, dtype=np.int64)
+        kernel = getattr(_LIB, f"pass_{_suffix(grad)}")
+        size = kernel(pos.ctypes.data, n, grad.ctypes.data, _address(weight), int(absolute), lo, hi,
+                      below.ctypes.data, band.ctypes.data, band_score.ctypes.data, stats.ctypes.data)
+        return (size, *(int(x) for x in stats))
+    live = pos[:n][pos[:n] >= 0]
+    pos[: live.size] = live
+    values = _scores(live, grad, weight, absolute)
+    low = np.flatnonzero(values < lo)
+    inside = np.flatnonzero(~(values < lo) & ~(values > hi))
+    below[: low.size] = low
+    band[: inside.size] = inside
+    band_score[: inside.size] = values[inside]
+    nan = int(np.count_nonzero(np.isnan(values)))
+    return live.size, low.size, inside.size, nan, int(np.count_nonzero(values))
+
+
+def drop(pos: np.ndarray, index: np.ndarray, weight: np.ndarray | None) -> None:
+    """Mark ``pos[index]`` as pruned and zero ``weight`` at those offsets, if given
+    (entries marked already are left alone)."""
+    if index.size == 0:
         return
-    np.take(score, pool, out=out)
+    if _usable(pos, index, weight) and index.dtype == np.int32:
+        _LIB.drop(pos.ctypes.data, index.ctypes.data, index.size, _address(weight),
+                  0 if weight is None else weight.itemsize)
+        return
     if weight is not None:
-        out *= np.take(weight, pool)
-    if absolute:
-        np.abs(out, out=out)
+        offsets = pos[index]
+        weight[offsets[offsets >= 0]] = 0  # entries marked already are left alone
+    pos[index] = -1
 
 
 def positions_beyond(values: np.ndarray, bound: float, *, upper: bool) -> np.ndarray:
     """Ascending positions with ``values <= bound`` (``upper``) or ``values >= bound``."""
     if _usable(values):
-        kernel = _LIB.select_f64 if values.dtype == np.float64 else _LIB.select_f32
+        kernel = getattr(_LIB, f"select_{_suffix(values)}")
         out = np.empty(kernel(values.ctypes.data, values.size, bound, int(upper), None) + 1, dtype=np.int64)
         count = kernel(values.ctypes.data, values.size, bound, int(upper), out.ctypes.data)
         return out[:count]
     return np.flatnonzero(values <= bound if upper else values >= bound)
-
-
-def delete_sorted(pool: np.ndarray, drop: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``pool`` without the entries at the ascending, distinct positions ``drop``; written
-    to the start of ``out`` (a view of it is returned) when given, else to a new array."""
-    if drop.size == 0:
-        return pool
-    size = pool.size - drop.size
-    result = np.empty(size, dtype=np.int64) if out is None else out[:size]
-    if _usable(pool, drop, result) and pool.dtype == np.int64 and drop.dtype == np.int64:
-        _LIB.delete_sorted(pool.ctypes.data, pool.size, drop.ctypes.data, drop.size, result.ctypes.data)
-    else:
-        keep = np.ones(pool.size, dtype=bool)
-        keep[drop] = False
-        np.compress(keep, pool, out=result)
-    return result

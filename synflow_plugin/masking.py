@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from synflow_plugin._kernels import delete_sorted, gather, positions_beyond
 from synflow_plugin.criteria import Criterion, Inputs, ScoringState, get_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
+from synflow_plugin.selection import Survivors, drop_smallest, smallest_positions
 from synflow_plugin.targets import Target, current_mask, resolve_targets, scoring_copy
 
 __all__ = [
@@ -145,70 +145,6 @@ def _round_to_total(exact: Sequence[float], total: int, caps: Sequence[int]) -> 
         if not progressed:
             break
     return counts
-
-
-# --------------------------------------------------------------------------- selection
-_SAMPLE = 1 << 16
-
-
-def smallest_positions(values: np.ndarray, count: int) -> np.ndarray:
-    """Sorted positions of the ``count`` smallest ``values``; among equal values the
-    earliest positions come first. Exact, whatever the ties.
-
-    A random sample first brackets the threshold, so that only the values on the
-    short side of it are partitioned: an iterative round removes a small fraction of
-    the survivors and costs a few linear passes over ``values`` instead of a sort.
-
-    >>> smallest_positions(np.array([3.0, 1.0, 1.0, 2.0, 1.0]), 2).tolist()
-    [1, 2]
-    """
-    n = values.size
-    if count <= 0:
-        return np.empty(0, dtype=np.int64)
-    if count >= n:
-        return np.arange(n, dtype=np.int64)
-    if count > n // 2:  # select the survivors instead: the short side
-        kept = _extreme_positions(values, n - count, largest=True)
-        drop = np.ones(n, dtype=bool)
-        drop[kept] = False
-        return np.flatnonzero(drop)
-    return _extreme_positions(values, count, largest=False)
-
-
-def _extreme_positions(values: np.ndarray, count: int, largest: bool) -> np.ndarray:
-    """Sorted positions of the ``count`` smallest (or largest) values; ties are resolved
-    so that the earliest positions count as the smallest."""
-    n = values.size
-    candidates = None
-    if n > 4 * _SAMPLE:
-        rng = np.random.default_rng(n)  # the result is exact; the sample only speeds it up
-        sample = values[rng.integers(0, n, _SAMPLE)]
-        q = count / n
-        margin = int(q * _SAMPLE + 5.0 * math.sqrt(_SAMPLE * q * (1.0 - q)) + 2)
-        if margin < _SAMPLE:
-            rank = _SAMPLE - 1 - margin if largest else margin
-            bound = np.partition(sample, rank)[rank]
-            candidates = positions_beyond(values, bound, upper=not largest)
-            if candidates.size < count:  # an unlucky sample: fall back to all values
-                candidates = None
-    sub = values if candidates is None else values[candidates]
-    rank = sub.size - count if largest else count - 1
-    threshold = np.partition(sub, rank)[rank]
-    chosen = sub > threshold if largest else sub < threshold
-    missing = count - int(np.count_nonzero(chosen))
-    if missing > 0:
-        ties = np.flatnonzero(sub == threshold)
-        chosen[ties[-missing:] if largest else ties[:missing]] = True
-    positions = np.flatnonzero(chosen)
-    return positions if candidates is None else candidates[positions]
-
-
-def drop_smallest(values: np.ndarray, count: int) -> np.ndarray:
-    """A boolean array with exactly ``count`` True entries at the smallest ``values``;
-    among equal values the earliest positions are dropped first."""
-    drop = np.zeros(values.size, dtype=bool)
-    drop[smallest_positions(values, count)] = True
-    return drop
 
 
 def _positions(mask: torch.Tensor) -> np.ndarray:
@@ -383,82 +319,76 @@ def compute_masks(
                                     total - num_to_prune(amount, total, caller))
         plans = [keep_schedule(n, f, rounds, schedule) for n, f in zip(survivors, finals)]
 
-    alive = list(candidates)  # rounds build new arrays: sharing them is safe
+    groups = [list(range(len(targets)))] if scope == "global" else [[t] for t in range(len(targets))]
     starts = [sum(survivors)] if scope == "global" else survivors
-    if any(plan[-1] < n for plan, n in zip(plans, starts)):
-        with torch.enable_grad():
-            state = _scoring_state(model, targets, inputs, criterion)
-            for r in tqdm(range(rounds), desc=f"{criterion.name}", unit="round",
-                          disable=(not progress) if progress is not None else None, leave=False):
-                state.round = r
-                alive = _one_round(state, criterion, candidates, alive, plans, r, scope)
-
-    masks = []
-    for target, keep, start in zip(targets, alive, start_masks):
-        mask = torch.zeros(target.numel, dtype=torch.bool)
-        mask[torch.from_numpy(keep)] = True
-        masks.append(mask.reshape(target.shape).to(start.device))
+    with Survivors(candidates, threads=torch.get_num_threads()) as alive:
+        if any(plan[-1] < n for plan, n in zip(plans, starts)):
+            with torch.enable_grad():
+                state = _scoring_state(model, targets, inputs, criterion)
+                for r in tqdm(range(rounds), desc=f"{criterion.name}", unit="round",
+                              disable=(not progress) if progress is not None else None, leave=False):
+                    state.round = r
+                    _one_round(state, criterion, alive, groups, [plan[r] for plan in plans])
+        masks = []
+        for t, (target, start) in enumerate(zip(targets, start_masks)):
+            mask = torch.zeros(target.numel, dtype=torch.bool)
+            mask[torch.from_numpy(alive.positions(t))] = True
+            masks.append(mask.reshape(target.shape).to(start.device))
     return masks
 
 
-def _one_round(state, criterion, candidates, alive, plans, r, scope):
-    """Score once, keep the round's budget; returns the new survivors of each target."""
-    with torch.no_grad():
-        if criterion.revives and r > 0:  # restore the candidates' initial values, then mask
-            for p, theta0, keep in zip(state.params, state.initial, alive):
-                flat = p.data.reshape(-1)
-                flat.zero_()
-                index = torch.from_numpy(keep).to(p.device)
-                flat.index_copy_(0, index, theta0.reshape(-1).index_select(0, index))
+def _one_round(state: ScoringState, criterion: Criterion, alive: Survivors, groups: list[list[int]],
+               keep: list[int]) -> None:
+    """Score once; each group of targets keeps ``keep[g]`` of its survivors."""
+    if criterion.revives:
+        if state.round > 0:  # the survivors get their initial values back, the rest zero
+            with torch.no_grad():
+                for t, (p, theta0) in enumerate(zip(state.params, state.initial)):
+                    index = torch.from_numpy(alive.positions(t)).to(p.device)
+                    flat = p.data.reshape(-1)
+                    flat.zero_()
+                    flat.index_copy_(0, index, theta0.reshape(-1).index_select(0, index))
+        alive.reset()  # every candidate is ranked again
     scores = _raw_scores(criterion, state)
-    pools = candidates if criterion.revives else alive
-
-    # Gather the pools' scores into one buffer: a view per target.
-    bounds = np.cumsum([0] + [pool.size for pool in pools])
     dtype = np.float64 if any(s.dtype == torch.float64 for s in scores) else np.float32
-    buffer = state.cache.get("_joined")
-    if buffer is None or buffer.dtype != dtype or buffer.size < bounds[-1]:
-        buffer = state.cache["_joined"] = np.empty(bounds[-1], dtype=dtype)  # reused by later rounds
-    joined = buffer[: bounds[-1]]
-    values = [joined[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    for score, param, pool, out in zip(scores, state.params, pools, values):
-        weight = _as_numpy(param, dtype) if criterion.times_weight else None
-        gather(_as_numpy(score, dtype), pool, out, weight=weight, absolute=criterion.ranks_magnitude)
-    if np.isnan(joined.sum()):
-        bad = next(t.qualified_name for t, v in zip(state.targets, values) if np.isnan(v).any())
+    # Pruned weights are zeroed in the scored copy: in place where numpy shares its
+    # memory, else (another device or dtype) through torch with the recorded positions.
+    zero = [None if criterion.revives else _shared_numpy(p) for p in state.params]
+    before = [alive.live(t) for t in range(len(state.targets))]
+    result = alive.prune(
+        scores=[_as_numpy(s, dtype) for s in scores],
+        weights=[_as_numpy(p, dtype) if criterion.times_weight else None for p in state.params],
+        absolute=criterion.ranks_magnitude,
+        groups=groups,
+        counts=[sum(before[t] for t in group) - k for group, k in zip(groups, keep)],
+        zero=zero,
+        record=[not criterion.revives and z is None for z in zero],
+        seed=state.round,
+    )
+    bad = [t.qualified_name for t, nan in zip(state.targets, result.nan) if nan]
+    if bad:
         raise PruningError(
-            f"criterion {criterion.name} gave NaN scores for '{bad}'; check the model for "
+            f"criterion {criterion.name} gave NaN scores for '{bad[0]}'; check the model for "
             "NaN/inf weights or outputs."
         )
-    if r == 0:
-        _warn_zero_flow(state, criterion, values)
-
-    if scope == "global":
-        dropped = smallest_positions(joined, joined.size - plans[0][r])
-        cuts = np.searchsorted(dropped, bounds)
-        drops = [dropped[a:b] - lo for a, b, lo in zip(cuts[:-1], cuts[1:], bounds[:-1])]
-    else:
-        drops = [smallest_positions(v, v.size - plan[r]) for v, plan in zip(values, plans)]
-
-    # Survivors go to two buffers per target used in turn, so that no round allocates
-    # (and page-faults) arrays as large as the model.
-    buffers = state.cache.get("_survivors")
-    if buffers is None:
-        buffers = state.cache["_survivors"] = [(np.empty(c.size, np.int64), np.empty(c.size, np.int64))
-                                               for c in candidates]
-    survivors = []
+    if state.round == 0:
+        _warn_zero_flow(state, criterion, [n > 0 and not nz for n, nz in zip(before, result.nonzero)])
     with torch.no_grad():
-        for p, pool, drop, pair in zip(state.params, pools, drops, buffers):
-            if not criterion.revives and drop.size:
-                index = torch.from_numpy(pool[drop]).to(p.device)
-                p.data.reshape(-1).index_fill_(0, index, 0)
-            target = pair[1] if np.may_share_memory(pool, pair[0]) else pair[0]
-            survivors.append(delete_sorted(pool, drop, out=target))
-    return survivors
+        for p, pruned in zip(state.params, result.pruned):
+            if pruned is not None and pruned.size:
+                p.data.reshape(-1).index_fill_(0, torch.from_numpy(pruned).to(p.device), 0)
 
 
-def _warn_zero_flow(state: ScoringState, criterion: Criterion, values: list[np.ndarray]) -> None:
-    dead = [t.qualified_name for t, v in zip(state.targets, values) if v.size and not np.any(v)]
+def _shared_numpy(tensor: torch.Tensor) -> np.ndarray | None:
+    """A flat numpy array sharing ``tensor``'s memory, if numpy can hold it."""
+    if tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
+        return None
+    return tensor.detach().reshape(-1).numpy()
+
+
+def _warn_zero_flow(state: ScoringState, criterion: Criterion, all_zero: list[bool]) -> None:
+    """Warn about the targets whose every score is zero (``all_zero``, one flag per target)."""
+    dead = [t.qualified_name for t, flag in zip(state.targets, all_zero) if flag]
     if not dead:
         return
     zero_bn = [

@@ -354,7 +354,7 @@ def _run_plan(state: Any, criterion: Any, plan: _Plan, rounds: int, schedule: st
                     "check the model for NaN/inf weights or outputs."
                 )
         if r == 0:
-            masking._warn_zero_flow(state, criterion, unit_scores)
+            masking._warn_zero_flow(state, criterion, [v.size > 0 and not v.any() for v in unit_scores])
 
         pools = candidates if criterion.revives else alive
         values = []
