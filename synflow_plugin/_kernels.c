@@ -5,8 +5,7 @@
  * score and weight pointers). An offset < 0 marks a weight pruned in the previous
  * round; the next scoring pass drops it while it compacts the segment in place.
  *
- * Plain C on caller-owned buffers, loaded with ctypes (which releases the GIL, so that
- * threads can run the segments side by side): no Python or numpy headers involved.
+ * Plain C on caller-owned buffers, loaded with ctypes: no Python or numpy headers involved.
  */
 #include <math.h>
 #include <stdint.h>

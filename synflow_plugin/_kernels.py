@@ -3,9 +3,8 @@
 Every round of an iterative criterion scores the survivors of each tensor, finds
 the ones to prune and removes them: passes over up to all the weights, a hundred
 times for SynFlow. The C versions in ``_kernels.c`` (built at install time when a
-compiler is available) do it in one pass per segment and release the GIL, so that
-threads can share the segments; the numpy versions here give the same results
-everywhere else.
+compiler is available) do it in one pass per segment; the numpy versions here give
+the same results everywhere else.
 
 A *segment* is an int32 array ``pos`` of ascending offsets into a flat tensor; an
 offset < 0 marks an entry pruned in the previous round, dropped by the next

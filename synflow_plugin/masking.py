@@ -321,19 +321,19 @@ def compute_masks(
 
     groups = [list(range(len(targets)))] if scope == "global" else [[t] for t in range(len(targets))]
     starts = [sum(survivors)] if scope == "global" else survivors
-    with Survivors(candidates, threads=torch.get_num_threads()) as alive:
-        if any(plan[-1] < n for plan, n in zip(plans, starts)):
-            with torch.enable_grad():
-                state = _scoring_state(model, targets, inputs, criterion)
-                for r in tqdm(range(rounds), desc=f"{criterion.name}", unit="round",
-                              disable=(not progress) if progress is not None else None, leave=False):
-                    state.round = r
-                    _one_round(state, criterion, alive, groups, [plan[r] for plan in plans])
-        masks = []
-        for t, (target, start) in enumerate(zip(targets, start_masks)):
-            mask = torch.zeros(target.numel, dtype=torch.bool)
-            mask[torch.from_numpy(alive.positions(t))] = True
-            masks.append(mask.reshape(target.shape).to(start.device))
+    alive = Survivors(candidates, revivable=criterion.revives)
+    if any(plan[-1] < n for plan, n in zip(plans, starts)):
+        with torch.enable_grad():
+            state = _scoring_state(model, targets, inputs, criterion)
+            for r in tqdm(range(rounds), desc=f"{criterion.name}", unit="round",
+                          disable=(not progress) if progress is not None else None, leave=False):
+                state.round = r
+                _one_round(state, criterion, alive, groups, [plan[r] for plan in plans])
+    masks = []
+    for t, (target, start) in enumerate(zip(targets, start_masks)):
+        mask = torch.zeros(target.numel, dtype=torch.bool)
+        mask[torch.from_numpy(alive.positions(t))] = True
+        masks.append(mask.reshape(target.shape).to(start.device))
     return masks
 
 

@@ -3,7 +3,7 @@
 :func:`smallest_positions` ranks one array. :class:`Survivors` runs the rounds of the
 iterative loop: it holds the weights each tensor may still lose and, in each round,
 scores them, prunes the smallest and zeroes them in the scored model, in one pass
-over the survivors, shared out over threads.
+over the survivors.
 
 How a round stays at one pass. A stratified sample of the survivors' scores
 brackets the threshold between ``lo`` and ``hi``. The pass then drops the entries
@@ -17,9 +17,8 @@ the result never depends on the sample.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -28,7 +27,6 @@ from synflow_plugin import _kernels
 __all__ = ["smallest_positions", "drop_smallest", "Survivors"]
 
 _SAMPLE = 1 << 15
-_MIN_SEGMENT = 1 << 16  # no tensor is split into segments smaller than this
 _MAX_SPAN = 2**31 - 1  # offsets in a segment are int32
 
 
@@ -99,10 +97,10 @@ class _Segment:
 
     target: int
     start: int
-    initial: np.ndarray  # the offsets the call started with
     pos: np.ndarray  # pos[:n] in use; an offset < 0 was pruned in the previous round
     n: int
     live: int  # entries of pos[:n] not marked
+    initial: np.ndarray | None  # the offsets the call started with, if they may come back
     below: np.ndarray | None = None  # per round: indices into pos scored below the bracket
     band: np.ndarray | None = None  # ... inside it, and their scores
     band_score: np.ndarray | None = None
@@ -111,14 +109,26 @@ class _Segment:
     nan: int = 0
     nonzero: int = 0
 
+    def scan(self, score: np.ndarray, weight: np.ndarray | None, absolute: bool, lo: float, hi: float) -> None:
+        if self.band_score is None or self.band_score.dtype != score.dtype:
+            size = self.pos.size
+            self.below, self.band = np.empty(size, np.int32), np.empty(size, np.int32)
+            self.band_score = np.empty(size, score.dtype)
+        self.n, self.n_below, self.n_band, self.nan, self.nonzero = _kernels.score_pass(
+            self.pos, self.n, score[self.start:], None if weight is None else weight[self.start:],
+            absolute, lo, hi, self.below, self.band, self.band_score)
+        self.live = self.n
+
 
 @dataclass
 class Round:
-    """What one scoring pass saw, per target: NaN scores and non-zero scores."""
+    """What one round saw, per target."""
 
+    #: NaN scores among the survivors (nothing was pruned if there were any)
     nan: list[int]
+    #: non-zero scores among the survivors
     nonzero: list[int]
-    #: flat positions pruned this round, for the targets asked for in ``record``
+    #: flat positions pruned, for the targets asked for in ``record``
     pruned: list[np.ndarray | None]
 
 
@@ -127,64 +137,24 @@ class Survivors:
 
     Args:
         positions: per target, the ascending flat positions the call may prune.
-        threads: how many threads share the work of a round.
-
-    Use as a context manager (it owns a thread pool).
+        revivable: keep the starting positions for :meth:`reset` (criteria that revive).
     """
 
-    def __init__(self, positions: Sequence[np.ndarray], threads: int = 1) -> None:
+    def __init__(self, positions: Sequence[np.ndarray], revivable: bool = False) -> None:
         self.sizes = [p.size for p in positions]
-        self.threads = max(1, int(threads))
-        # Tensors larger than a fair share of the work are split, so that the threads
-        # can be balanced; each call on a segment costs some microseconds, so no more.
-        piece = max(_MIN_SEGMENT, -(-sum(self.sizes) // (2 * self.threads)))
-        self._segments = [s for t, p in enumerate(positions) for s in self._split(t, p, piece)]
-        self._by_target: list[list[_Segment]] = [[] for _ in positions]
-        for segment in self._segments:
-            self._by_target[segment.target].append(segment)
-        # Each thread takes a share of the segments, largest first to the least loaded.
-        self._shares: list[list[_Segment]] = [[] for _ in range(self.threads)]
-        loads = [0] * self.threads
-        for segment in sorted(self._segments, key=lambda s: -s.n):
-            k = loads.index(min(loads))
-            self._shares[k].append(segment)
-            loads[k] += segment.n
-        self._shares = [share for share in self._shares if share]
-        self._pool = ThreadPoolExecutor(len(self._shares) - 1) if len(self._shares) > 1 else None
+        self._by_target = [self._split(t, np.asarray(p), revivable) for t, p in enumerate(positions)]
 
     @staticmethod
-    def _split(target: int, positions: np.ndarray, piece: int) -> list[_Segment]:
-        segments = []
-        a = 0
-        while a < positions.size:  # pieces of at most `piece` entries spanning less than 2**31
-            b = min(positions.size, a + piece)
-            b = a + int(np.searchsorted(positions[a:b], positions[a] + _MAX_SPAN))
+    def _split(target: int, positions: np.ndarray, revivable: bool) -> list[_Segment]:
+        """Segments whose offsets fit in int32 (one per tensor below 2**31 weights)."""
+        segments, a = [], 0
+        while a < positions.size:
+            b = a + int(np.searchsorted(positions[a:], positions[a] + _MAX_SPAN))
             offsets = (positions[a:b] - positions[a]).astype(np.int32)
-            segments.append(_Segment(target, int(positions[a]), offsets, offsets.copy(), offsets.size, offsets.size))
+            segments.append(_Segment(target, int(positions[a]), offsets, offsets.size, offsets.size,
+                                     offsets.copy() if revivable else None))
             a = b
         return segments
-
-    def __enter__(self) -> "Survivors":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-
-    def _run(self, work: Callable[[_Segment], None], segments: set[_Segment] | None = None) -> None:
-        """``work(segment)`` for every segment (or those given), each thread on its share."""
-        def run_share(share: list[_Segment]) -> None:
-            for segment in share:
-                if segments is None or segment in segments:
-                    work(segment)
-
-        if self._pool is None:
-            run_share(self._segments)
-            return
-        futures = [self._pool.submit(run_share, share) for share in self._shares[1:]]
-        run_share(self._shares[0])
-        for future in futures:
-            future.result()
 
     # ----------------------------------------------------------------- queries
     def live(self, target: int) -> int:
@@ -197,9 +167,9 @@ class Survivors:
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
     def reset(self) -> None:
-        """Back to the positions the call started with (for criteria that revive weights)."""
-        for s in self._segments:
-            s.pos[: s.initial.size] = s.initial
+        """Back to the positions the call started with (needs ``revivable=True``)."""
+        for s in (s for segments in self._by_target for s in segments):
+            s.pos[:] = s.initial
             s.n = s.live = s.initial.size
 
     # ----------------------------------------------------------------- a round
@@ -211,7 +181,7 @@ class Survivors:
         groups: Sequence[Sequence[int]],
         counts: Sequence[int],
         zero: Sequence[np.ndarray | None],
-        record: Sequence[bool] = (),
+        record: Sequence[bool],
         seed: int = 0,
     ) -> Round:
         """Prune the ``counts[g]`` smallest scores among the survivors of each group of targets.
@@ -220,78 +190,57 @@ class Survivors:
         absolute value if ``absolute`` (flat arrays of one dtype per target). The pruned
         positions of target ``t`` are set to zero in ``zero[t]`` where given, and
         returned where ``record[t]``. Ties: the earliest (target, position) goes first.
+        Nothing is pruned when a score is NaN (see :attr:`Round.nan`).
         """
         members = [[s for t in group for s in self._by_target[t]] for group in groups]
-        brackets = [self._bracket(segments, count, scores, weights, absolute, seed)
-                    for segments, count in zip(members, counts)]
-        bracket_of = {s: b for segments, b in zip(members, brackets) for s in segments}
-
-        def scan(s: _Segment) -> None:
-            if s.band is None or s.band_score.dtype != scores[s.target].dtype:
-                s.below = np.empty(s.initial.size, dtype=np.int32)
-                s.band = np.empty(s.initial.size, dtype=np.int32)
-                s.band_score = np.empty(s.initial.size, dtype=scores[s.target].dtype)
-            weight = weights[s.target]
-            lo, hi = bracket_of[s]
-            s.n, s.n_below, s.n_band, s.nan, s.nonzero = _kernels.score_pass(
-                s.pos, s.n, scores[s.target][s.start:], None if weight is None else weight[s.start:],
-                absolute, lo, hi, s.below, s.band, s.band_score)
-            s.live = s.n
-
-        self._run(scan, set(bracket_of))
+        chosen: dict[_Segment, np.ndarray] = {}
         for segments, count in zip(members, counts):
+            lo, hi = self._bracket(segments, count, scores, weights, absolute, seed)
+            for s in segments:
+                s.scan(scores[s.target], weights[s.target], absolute, lo, hi)
             below = sum(s.n_below for s in segments)
             if not below <= count <= below + sum(s.n_band for s in segments):
                 for s in segments:  # the sample missed: every survivor goes into the band
-                    bracket_of[s] = (-math.inf, math.inf)
-                self._run(scan, set(segments))
+                    s.scan(scores[s.target], weights[s.target], absolute, -math.inf, math.inf)
+                below = 0
+            chosen.update(self._choose(segments, count - below))
 
-        chosen = {}
-        for segments, count in zip(members, counts):
-            chosen.update(self._choose(segments, count - sum(s.n_below for s in segments)))
+        nan = [sum(s.nan for s in segments) for segments in self._by_target]
+        nonzero = [sum(s.nonzero for s in segments) for segments in self._by_target]
+        pruned: list[np.ndarray | None] = [None] * len(self._by_target)
+        if any(nan):
+            return Round(nan, nonzero, pruned)
+        for t, segments in enumerate(self._by_target):
+            parts = []
+            for s in segments:
+                index = s.below[: s.n_below], chosen.get(s, s.below[:0])
+                if record[t]:
+                    parts += [s.start + s.pos[i].astype(np.int64) for i in index]
+                for i in index:
+                    _kernels.drop(s.pos, i, None if zero[t] is None else zero[t][s.start:])
+                    s.live -= i.size
+            if record[t]:
+                pruned[t] = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+        return Round(nan, nonzero, pruned)
 
-        pruned: dict[_Segment, np.ndarray] = {}
-        record = list(record) or [False] * len(self.sizes)
-
-        def drop(s: _Segment) -> None:
-            index = s.below[: s.n_below], chosen.get(s, s.below[:0])
-            if record[s.target]:
-                pruned[s] = np.sort(s.start + np.concatenate([s.pos[i] for i in index]).astype(np.int64))
-            z = zero[s.target]
-            for i in index:
-                _kernels.drop(s.pos, i, None if z is None else z[s.start:])
-                s.live -= i.size
-
-        self._run(drop, set(bracket_of))
-        return Round(
-            nan=[sum(s.nan for s in segs) for segs in self._by_target],
-            nonzero=[sum(s.nonzero for s in segs) for segs in self._by_target],
-            pruned=[np.concatenate([pruned[s] for s in segs]) if record[t] else None
-                    for t, segs in enumerate(self._by_target)],
-        )
-
-    def _bracket(self, segments, count, scores, weights, absolute, seed) -> tuple[float, float]:
+    @staticmethod
+    def _bracket(segments, count, scores, weights, absolute, seed) -> tuple[float, float]:
         """Bounds ``lo <= threshold <= hi`` of the ``count``-th smallest score, from a sample."""
         live = sum(s.live for s in segments)
         if count <= 0:
             return -math.inf, -math.inf
         if live <= 4 * _SAMPLE:
             return -math.inf, math.inf
-        dtype = scores[segments[0].target].dtype
-        sizes = [max(1, round(_SAMPLE * s.live / live)) if s.live else 0 for s in segments]
-        sample = np.empty(sum(sizes), dtype=dtype)
-        offsets = np.cumsum([0] + sizes)
-        taken = {}
-
-        def draw(s: _Segment) -> None:
-            k = segments.index(s)
-            weight = weights[s.target]
-            taken[k] = _kernels.sample_scores(
-                s.pos, s.n, scores[s.target][s.start:], None if weight is None else weight[s.start:],
-                absolute, sample[offsets[k]: offsets[k + 1]], seed + k)
-
-        self._run(draw, set(segments))
-        sample = np.concatenate([sample[offsets[k]: offsets[k] + taken[k]] for k in range(len(segments))])
+        parts = []
+        for k, s in enumerate(segments):
+            if s.live:
+                out = np.empty(max(1, round(_SAMPLE * s.live / live)), dtype=scores[s.target].dtype)
+                weight = weights[s.target]
+                taken = _kernels.sample_scores(
+                    s.pos, s.n, scores[s.target][s.start:], None if weight is None else weight[s.start:],
+                    absolute, out, seed * 1_000_003 + k)
+                parts.append(out[:taken])
+        sample = np.concatenate(parts)
         m = sample.size
         q = min(1.0, count / live)
         margin = 5.0 * math.sqrt(m * q * (1.0 - q)) + 2.0

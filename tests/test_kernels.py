@@ -123,10 +123,9 @@ def reference_round(scores, live, groups, counts):
     return pruned
 
 
-@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("grouping", ["global", "local"])
-def test_survivors_prune_exactly_the_smallest_with_ties_by_position(threads, grouping, monkeypatch):
-    monkeypatch.setattr(selection, "_MIN_SEGMENT", 1000)  # several segments per tensor
+def test_survivors_prune_exactly_the_smallest_with_ties_by_position(grouping, monkeypatch):
+    monkeypatch.setattr(selection, "_MAX_SPAN", 2000)  # several segments per tensor
     monkeypatch.setattr(selection, "_SAMPLE", 256)  # small tensors still use the bracket
     rng = np.random.default_rng(2)
     sizes = [7000, 300, 12000]
@@ -134,27 +133,38 @@ def test_survivors_prune_exactly_the_smallest_with_ties_by_position(threads, gro
     weights = [np.ones(n, dtype=np.float32) for n in sizes]
     live = [np.flatnonzero(rng.random(n) < 0.8) for n in sizes]
     groups = [[0, 1, 2]] if grouping == "global" else [[0], [1], [2]]
-    with Survivors(live, threads=threads) as alive:
-        for r in range(4):
-            before = [alive.positions(t) for t in range(3)]
-            counts = [sum(before[t].size for t in g) // 5 for g in groups]
-            expected = reference_round(scores, before, groups, counts)
-            alive.prune(scores, [None] * 3, False, groups, counts, zero=weights, record=[True] * 3, seed=r)
-            for t in range(3):
-                gone = set(before[t].tolist()) - set(alive.positions(t).tolist())
-                assert gone == expected.get(t, set())
-                assert (weights[t][sorted(gone)] == 0).all()
-            scores = [s[::-1].copy() for s in scores]  # new scores every round
+    alive = Survivors(live)
+    for r in range(4):
+        before = [alive.positions(t) for t in range(3)]
+        counts = [sum(before[t].size for t in g) // 5 for g in groups]
+        expected = reference_round(scores, before, groups, counts)
+        result = alive.prune(scores, [None] * 3, False, groups, counts, zero=weights, record=[True] * 3, seed=r)
+        for t in range(3):
+            gone = set(before[t].tolist()) - set(alive.positions(t).tolist())
+            assert gone == expected.get(t, set()) == set(result.pruned[t].tolist())
+            assert (weights[t][sorted(gone)] == 0).all() and alive.live(t) == before[t].size - len(gone)
+        scores = [s[::-1].copy() for s in scores]  # new scores every round
 
 
 def test_survivors_stay_exact_when_the_sample_misses_the_threshold(monkeypatch):
     rng = np.random.default_rng(3)
     scores = [rng.standard_normal(400_000).astype(np.float32)]
-    live = [np.arange(400_000)]
-    monkeypatch.setattr(Survivors, "_bracket", lambda self, *args: (5.0, 6.0))  # no score is that large
-    with Survivors(live, threads=2) as alive:
-        result = alive.prune(scores, [None], False, [[0]], [1234], zero=[None], record=[True])
+    monkeypatch.setattr(Survivors, "_bracket", staticmethod(lambda *args: (5.0, 6.0)))  # above every score
+    alive = Survivors([np.arange(400_000)])
+    result = alive.prune(scores, [None], False, [[0]], [1234], zero=[None], record=[True])
     assert np.array_equal(result.pruned[0], np.sort(np.argsort(scores[0], kind="stable")[:1234]))
+
+
+def test_survivors_prune_nothing_on_nan_and_reset_to_the_start():
+    scores = [np.arange(10, dtype=np.float64)]
+    alive = Survivors([np.arange(2, 10)], revivable=True)
+    alive.prune(scores, [None], False, [[0]], [3], zero=[None], record=[False])
+    assert alive.positions(0).tolist() == [5, 6, 7, 8, 9]
+    scores[0][7] = np.nan
+    result = alive.prune(scores, [None], False, [[0]], [1], zero=[None], record=[True])
+    assert result.nan == [1] and alive.live(0) == 5
+    alive.reset()
+    assert alive.positions(0).tolist() == list(range(2, 10))
 
 
 @pytest.mark.parametrize("criterion", ["synflow", "magnitude", "random", "force"])
