@@ -148,9 +148,9 @@ def _round_to_total(exact: Sequence[float], total: int, caps: Sequence[int]) -> 
 
 
 def _positions(mask: torch.Tensor) -> np.ndarray:
-    """Flat positions (int64, which numpy gathers fastest) of a mask's True entries."""
+    """Flat positions (ascending) of a mask's True entries."""
     if bool(mask.all()):
-        return np.arange(mask.numel(), dtype=np.int64)
+        return np.arange(mask.numel(), dtype=np.int32 if mask.numel() < 2**31 else np.int64)
     return np.flatnonzero(mask.reshape(-1).cpu().numpy())
 
 

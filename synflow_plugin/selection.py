@@ -26,7 +26,7 @@ from synflow_plugin import _kernels
 
 __all__ = ["smallest_positions", "drop_smallest", "Survivors"]
 
-_SAMPLE = 1 << 15
+_SAMPLE = 1 << 14
 _MAX_SPAN = 2**31 - 1  # offsets in a segment are int32
 
 
@@ -149,8 +149,8 @@ class Survivors:
         """Segments whose offsets fit in int32 (one per tensor below 2**31 weights)."""
         segments, a = [], 0
         while a < positions.size:
-            b = a + int(np.searchsorted(positions[a:], positions[a] + _MAX_SPAN))
-            offsets = (positions[a:b] - positions[a]).astype(np.int32)
+            b = a + int(np.searchsorted(positions[a:], int(positions[a]) + _MAX_SPAN))
+            offsets = np.subtract(positions[a:b], positions[a], out=np.empty(b - a, np.int32), casting="unsafe")
             segments.append(_Segment(target, int(positions[a]), offsets, offsets.size, offsets.size,
                                      offsets.copy() if revivable else None))
             a = b
@@ -213,12 +213,13 @@ class Survivors:
         for t, segments in enumerate(self._by_target):
             parts = []
             for s in segments:
-                index = s.below[: s.n_below], chosen.get(s, s.below[:0])
+                index = s.below[: s.n_below]
+                if s in chosen:
+                    index = np.concatenate((index, chosen[s]))
                 if record[t]:
-                    parts += [s.start + s.pos[i].astype(np.int64) for i in index]
-                for i in index:
-                    _kernels.drop(s.pos, i, None if zero[t] is None else zero[t][s.start:])
-                    s.live -= i.size
+                    parts.append(s.start + s.pos[index].astype(np.int64))
+                _kernels.drop(s.pos, index, None if zero[t] is None else zero[t][s.start:])
+                s.live -= index.size
             if record[t]:
                 pruned[t] = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
         return Round(nan, nonzero, pruned)
