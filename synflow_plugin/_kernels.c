@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 /* Bumped whenever a signature below changes, so that a stale build is never called. */
-int kernels_abi(void) { return 3; }
+int kernels_abi(void) { return 4; }
 
 /* The score of offset p: grad[p], times weight[p] when weight is not NULL, in
  * absolute value when absolute != 0. The four cases are separate loops. */
@@ -198,6 +198,52 @@ int64_t pass_f32(int32_t *pos, int64_t n, const float *grad, const float *weight
     if (simd) return pass_avx512_f32(pos, n, grad, weight, absolute, lo, hi, below, band, band_score, stats);
 #endif
     return pass_scalar_f32(pos, n, grad, weight, absolute, lo, hi, below, band, band_score, stats);
+}
+
+/* A batch of passes, one per segment. With parallel set to the GOMP_parallel of an
+ * OpenMP runtime, the batch is shared out over that runtime's team of `threads`
+ * (the caller passes the runtime torch runs on, so that no other threads compete
+ * with torch's own workers); else the passes run in turn. Threads take the tasks in
+ * order, so the caller lists the largest first. Each task's n becomes the new length. */
+typedef struct {
+    int32_t *pos;
+    int64_t n;
+    const void *grad, *weight;
+    double lo, hi;
+    int32_t *below, *band;
+    void *band_score;
+    int64_t stats[4];
+} pass_task;
+
+typedef void (*parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+
+typedef struct {
+    pass_task *tasks;
+    int64_t count, next;
+    int absolute, itemsize;
+} pass_batch;
+
+static void run_batch(void *arg) {
+    pass_batch *b = arg;
+    for (int64_t k; (k = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED)) < b->count;) {
+        pass_task *t = &b->tasks[k];
+        if (b->itemsize == 8)
+            t->n = pass_f64(t->pos, t->n, t->grad, t->weight, b->absolute, t->lo, t->hi,
+                            t->below, t->band, t->band_score, t->stats);
+        else
+            t->n = pass_f32(t->pos, t->n, t->grad, t->weight, b->absolute, (float)t->lo,
+                            (float)t->hi, t->below, t->band, t->band_score, t->stats);
+    }
+}
+
+void pass_many(pass_task *tasks, int64_t count, int absolute, int64_t itemsize,
+               parallel_fn parallel, unsigned threads) {
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (simd < 0) kernels_simd(-1);  /* decided once, before any thread reads it */
+#endif
+    pass_batch batch = {tasks, count, 0, absolute, (int)itemsize};
+    if (parallel && threads > 1 && count > 1) parallel(run_batch, &batch, threads, 0);
+    else run_batch(&batch);
 }
 
 /* Marks pos[index[k]] for k < m as pruned and, when weight is not NULL, sets the

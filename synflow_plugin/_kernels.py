@@ -15,14 +15,19 @@ segment's first position.
 from __future__ import annotations
 
 import ctypes
+import functools
+import re
+import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+import torch
 
-__all__ = ["COMPILED", "simd", "sample_scores", "score_pass", "drop", "positions_beyond"]
+__all__ = ["COMPILED", "simd", "sample_scores", "score_pass", "score_passes", "drop", "positions_beyond"]
 
 
-_ABI = 3  # must equal kernels_abi() in _kernels.c
+_ABI = 4  # must equal kernels_abi() in _kernels.c
 
 
 def _load() -> ctypes.CDLL | None:
@@ -44,6 +49,8 @@ def _load() -> ctypes.CDLL | None:
         lib.drop.restype = None
         lib.kernels_simd.argtypes = [c_int]
         lib.kernels_simd.restype = c_int
+        lib.pass_many.argtypes = [p, i64, c_int, i64, p, ctypes.c_uint]
+        lib.pass_many.restype = None
         return lib
     return None
 
@@ -123,6 +130,63 @@ def score_pass(pos: np.ndarray, n: int, grad: np.ndarray, weight: np.ndarray | N
     band_score[: inside.size] = values[inside]
     nan = int(np.count_nonzero(np.isnan(values)))
     return live.size, low.size, inside.size, nan, int(np.count_nonzero(values))
+
+
+class _PassTask(ctypes.Structure):
+    _fields_ = [
+        ("pos", ctypes.c_void_p), ("n", ctypes.c_int64), ("grad", ctypes.c_void_p),
+        ("weight", ctypes.c_void_p), ("lo", ctypes.c_double), ("hi", ctypes.c_double),
+        ("below", ctypes.c_void_p), ("band", ctypes.c_void_p), ("band_score", ctypes.c_void_p),
+        ("stats", ctypes.c_int64 * 4),
+    ]
+
+
+def score_passes(passes: Sequence[tuple], absolute: bool, threads: int = 1) -> list[tuple[int, int, int, int, int]]:
+    """:func:`score_pass` for each argument tuple ``(pos, n, grad, weight, lo, hi,
+    below, band, band_score)`` of ``passes`` (disjoint buffers, one score dtype), in
+    one call; returns their results in order.
+
+    With ``threads > 1`` the passes are shared out over the OpenMP team of the
+    runtime torch itself runs on (see :func:`openmp_parallel`); its workers are
+    still spinning after torch's backward pass, so extra threads of our own would
+    only compete with them. Elsewhere the passes run in turn.
+    """
+    dtype = passes[0][2].dtype if passes else np.float32
+    if not passes or not all(_usable(a[0], a[2], a[3], a[6], a[7], a[8]) and a[2].dtype == dtype for a in passes):
+        return [score_pass(a[0], a[1], a[2], a[3], absolute, *a[4:]) for a in passes]
+    order = sorted(range(len(passes)), key=lambda k: -passes[k][1])  # largest first
+    tasks = (_PassTask * len(passes))()
+    for task, k in zip(tasks, order):
+        pos, n, grad, weight, lo, hi, below, band, band_score = passes[k]
+        task.pos, task.n, task.grad, task.weight = pos.ctypes.data, n, grad.ctypes.data, _address(weight)
+        task.lo, task.hi = lo, hi
+        task.below, task.band, task.band_score = below.ctypes.data, band.ctypes.data, band_score.ctypes.data
+    _LIB.pass_many(ctypes.addressof(tasks), len(passes), int(absolute), np.dtype(dtype).itemsize,
+                   openmp_parallel() if threads > 1 else None, threads)
+    results: list = [None] * len(passes)
+    for task, k in zip(tasks, order):
+        results[k] = (task.n, *task.stats)
+    return results
+
+
+@functools.lru_cache(maxsize=1)
+def openmp_parallel() -> int | None:
+    """The address of ``GOMP_parallel`` in the OpenMP runtime torch was loaded with
+    (GNU libgomp, or LLVM's libomp, which provides the same entry point), or None
+    when torch uses another threading backend or the runtime cannot be found."""
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return None
+    candidates = []
+    if sys.platform.startswith("linux"):  # the runtime already mapped into this process
+        maps = Path("/proc/self/maps").read_text()
+        candidates += sorted(set(re.findall(r"(/\S*lib(?:g|i)?omp[^/\s]*\.so[.\d]*)$", maps, re.M)))
+    candidates += sorted(str(p) for p in (Path(torch.__file__).parent / "lib").glob("lib*omp*"))
+    for path in candidates:
+        try:
+            return ctypes.cast(ctypes.CDLL(path).GOMP_parallel, ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
 def drop(pos: np.ndarray, index: np.ndarray, weight: np.ndarray | None) -> None:

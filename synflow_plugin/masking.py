@@ -321,7 +321,7 @@ def compute_masks(
 
     groups = [list(range(len(targets)))] if scope == "global" else [[t] for t in range(len(targets))]
     starts = [sum(survivors)] if scope == "global" else survivors
-    alive = Survivors(candidates, revivable=criterion.revives)
+    alive = Survivors(candidates, revivable=criterion.revives, threads=torch.get_num_threads())
     if any(plan[-1] < n for plan, n in zip(plans, starts)):
         with torch.enable_grad():
             state = _scoring_state(model, targets, inputs, criterion)

@@ -109,15 +109,14 @@ class _Segment:
     nan: int = 0
     nonzero: int = 0
 
-    def scan(self, score: np.ndarray, weight: np.ndarray | None, absolute: bool, lo: float, hi: float) -> None:
+    def scan_arguments(self, score: np.ndarray, weight: np.ndarray | None, lo: float, hi: float) -> tuple:
+        """The arguments of this segment's :func:`~synflow_plugin._kernels.score_passes` pass."""
         if self.band_score is None or self.band_score.dtype != score.dtype:
             size = self.pos.size
             self.below, self.band = np.empty(size, np.int32), np.empty(size, np.int32)
             self.band_score = np.empty(size, score.dtype)
-        self.n, self.n_below, self.n_band, self.nan, self.nonzero = _kernels.score_pass(
-            self.pos, self.n, score[self.start:], None if weight is None else weight[self.start:],
-            absolute, lo, hi, self.below, self.band, self.band_score)
-        self.live = self.n
+        return (self.pos, self.n, score[self.start:], None if weight is None else weight[self.start:],
+                lo, hi, self.below, self.band, self.band_score)
 
 
 @dataclass
@@ -138,10 +137,13 @@ class Survivors:
     Args:
         positions: per target, the ascending flat positions the call may prune.
         revivable: keep the starting positions for :meth:`reset` (criteria that revive).
+        threads: the scoring passes run on this many threads of torch's own OpenMP
+            team, where there is one (see :func:`~synflow_plugin._kernels.score_passes`).
     """
 
-    def __init__(self, positions: Sequence[np.ndarray], revivable: bool = False) -> None:
+    def __init__(self, positions: Sequence[np.ndarray], revivable: bool = False, threads: int = 1) -> None:
         self.sizes = [p.size for p in positions]
+        self.threads = threads
         self._by_target = [self._split(t, np.asarray(p), revivable) for t, p in enumerate(positions)]
 
     @staticmethod
@@ -193,15 +195,15 @@ class Survivors:
         Nothing is pruned when a score is NaN (see :attr:`Round.nan`).
         """
         members = [[s for t in group for s in self._by_target[t]] for group in groups]
+        brackets = [self._bracket(segments, count, scores, weights, absolute, seed)
+                    for segments, count in zip(members, counts)]
+        self._scan([(s, b) for segments, b in zip(members, brackets) for s in segments], scores, weights, absolute)
         chosen: dict[_Segment, np.ndarray] = {}
         for segments, count in zip(members, counts):
-            lo, hi = self._bracket(segments, count, scores, weights, absolute, seed)
-            for s in segments:
-                s.scan(scores[s.target], weights[s.target], absolute, lo, hi)
             below = sum(s.n_below for s in segments)
             if not below <= count <= below + sum(s.n_band for s in segments):
-                for s in segments:  # the sample missed: every survivor goes into the band
-                    s.scan(scores[s.target], weights[s.target], absolute, -math.inf, math.inf)
+                # The sample missed: every survivor goes into the band.
+                self._scan([(s, (-math.inf, math.inf)) for s in segments], scores, weights, absolute)
                 below = 0
             chosen.update(self._choose(segments, count - below))
 
@@ -223,6 +225,14 @@ class Survivors:
             if record[t]:
                 pruned[t] = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
         return Round(nan, nonzero, pruned)
+
+    def _scan(self, work: list[tuple[_Segment, tuple[float, float]]], scores, weights, absolute) -> None:
+        """One scoring pass over each segment of ``work``, with its bracket ``(lo, hi)``."""
+        results = _kernels.score_passes(
+            [s.scan_arguments(scores[s.target], weights[s.target], lo, hi) for s, (lo, hi) in work],
+            absolute, self.threads)
+        for (s, _), (n, s.n_below, s.n_band, s.nan, s.nonzero) in zip(work, results):
+            s.n = s.live = n
 
     @staticmethod
     def _bracket(segments, count, scores, weights, absolute, seed) -> tuple[float, float]:

@@ -83,6 +83,39 @@ def test_score_pass_compacts_scores_and_sorts_by_the_bracket(variant, dtype):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_score_passes_give_what_single_passes_give(variant, dtype, threads):
+    rng = np.random.default_rng(4)
+    cases = [random_case(rng, dtype, int(rng.integers(1, 20_000))) for _ in range(9)]
+    brackets = [tuple(sorted(float(x) for x in rng.standard_normal(2))) for _ in cases]
+
+    def arguments():
+        return [(pos.copy(), pos.size, grad, weight, lo, hi, np.empty(pos.size, np.int32),
+                 np.empty(pos.size, np.int32), np.empty(pos.size, dtype))
+                for (grad, weight, pos), (lo, hi) in zip(cases, brackets)]
+
+    batch = arguments()
+    results = with_variant(variant, _kernels.score_passes, batch, True, threads)
+    single = arguments()
+    expected = [_kernels.score_pass(a[0], a[1], a[2], a[3], True, *a[4:]) for a in single]
+    assert results == expected
+    for a, b, (n, nb, nc, _, _) in zip(batch, single, expected):
+        assert np.array_equal(a[0][:n], b[0][:n]) and np.array_equal(a[6][:nb], b[6][:nb])
+        assert np.array_equal(a[7][:nc], b[7][:nc]) and np.array_equal(a[8][:nc], b[8][:nc])
+
+
+@compiled
+def test_the_openmp_runtime_of_torch_is_found_where_torch_uses_gnu_openmp():
+    import sys
+
+    info = torch.__config__.parallel_info()
+    if not sys.platform.startswith("linux") or "OpenMP" not in info:
+        pytest.skip("torch does not run on an OpenMP runtime here")
+    assert isinstance(_kernels.openmp_parallel(), int)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_sample_scores_draws_live_scores_from_every_stratum(variant):
     rng = np.random.default_rng(1)
     grad, weight, pos = random_case(rng, np.float32, 50_000)
