@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 /* Bumped whenever a signature below changes, so that a stale build is never called. */
-int kernels_abi(void) { return 4; }
+int kernels_abi(void) { return 5; }
 
 /* The score of offset p: grad[p], times weight[p] when weight is not NULL, in
  * absolute value when absolute != 0. The four cases are separate loops. */
@@ -200,52 +200,6 @@ int64_t pass_f32(int32_t *pos, int64_t n, const float *grad, const float *weight
     return pass_scalar_f32(pos, n, grad, weight, absolute, lo, hi, below, band, band_score, stats);
 }
 
-/* A batch of passes, one per segment. With parallel set to the GOMP_parallel of an
- * OpenMP runtime, the batch is shared out over that runtime's team of `threads`
- * (the caller passes the runtime torch runs on, so that no other threads compete
- * with torch's own workers); else the passes run in turn. Threads take the tasks in
- * order, so the caller lists the largest first. Each task's n becomes the new length. */
-typedef struct {
-    int32_t *pos;
-    int64_t n;
-    const void *grad, *weight;
-    double lo, hi;
-    int32_t *below, *band;
-    void *band_score;
-    int64_t stats[4];
-} pass_task;
-
-typedef void (*parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
-
-typedef struct {
-    pass_task *tasks;
-    int64_t count, next;
-    int absolute, itemsize;
-} pass_batch;
-
-static void run_batch(void *arg) {
-    pass_batch *b = arg;
-    for (int64_t k; (k = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED)) < b->count;) {
-        pass_task *t = &b->tasks[k];
-        if (b->itemsize == 8)
-            t->n = pass_f64(t->pos, t->n, t->grad, t->weight, b->absolute, t->lo, t->hi,
-                            t->below, t->band, t->band_score, t->stats);
-        else
-            t->n = pass_f32(t->pos, t->n, t->grad, t->weight, b->absolute, (float)t->lo,
-                            (float)t->hi, t->below, t->band, t->band_score, t->stats);
-    }
-}
-
-void pass_many(pass_task *tasks, int64_t count, int absolute, int64_t itemsize,
-               parallel_fn parallel, unsigned threads) {
-#if defined(__GNUC__) && defined(__x86_64__)
-    if (simd < 0) kernels_simd(-1);  /* decided once, before any thread reads it */
-#endif
-    pass_batch batch = {tasks, count, 0, absolute, (int)itemsize};
-    if (parallel && threads > 1 && count > 1) parallel(run_batch, &batch, threads, 0);
-    else run_batch(&batch);
-}
-
 /* Marks pos[index[k]] for k < m as pruned and, when weight is not NULL, sets the
  * weight at that offset to zero (itemsize 4 or 8 bytes). */
 void drop(int32_t *pos, const int32_t *index, int64_t m, void *weight, int64_t itemsize) {
@@ -261,6 +215,105 @@ void drop(int32_t *pos, const int32_t *index, int64_t m, void *weight, int64_t i
         if (weight && itemsize == 4) ((float *)weight)[p] = 0.0f;
         else if (weight) ((double *)weight)[p] = 0.0;
     }
+}
+
+/* Batches: one task per segment, run by one call. With parallel set to the
+ * GOMP_parallel of an OpenMP runtime, the tasks are shared out over that runtime's
+ * team of `threads` (the caller passes the runtime torch runs on, so that no other
+ * threads compete with torch's own workers); else they run in turn. Threads take
+ * the tasks in order, so the caller lists the largest first. */
+typedef void (*parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+
+typedef struct {
+    char *tasks;
+    int64_t count, size, next;
+    void (*run)(void *task, int absolute, int64_t itemsize);
+    int absolute;
+    int64_t itemsize;
+} batch;
+
+static void run_batch(void *arg) {
+    batch *b = arg;
+    for (int64_t k; (k = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED)) < b->count;)
+        b->run(b->tasks + k * b->size, b->absolute, b->itemsize);
+}
+
+static void run_in_team(batch b, parallel_fn parallel, unsigned threads) {
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (simd < 0) kernels_simd(-1);  /* decided once, before any thread reads it */
+#endif
+    if (parallel && threads > 1 && b.count > 1) parallel(run_batch, &b, threads, 0);
+    else run_batch(&b);
+}
+
+/* Scoring passes; each task's n becomes the new length of its pos. */
+typedef struct {
+    int32_t *pos;
+    int64_t n;
+    const void *grad, *weight;
+    double lo, hi;
+    int32_t *below, *band;
+    void *band_score;
+    int64_t stats[4];
+} pass_task;
+
+static void run_pass(void *task, int absolute, int64_t itemsize) {
+    pass_task *t = task;
+    if (itemsize == 8)
+        t->n = pass_f64(t->pos, t->n, t->grad, t->weight, absolute, t->lo, t->hi, t->below,
+                        t->band, t->band_score, t->stats);
+    else
+        t->n = pass_f32(t->pos, t->n, t->grad, t->weight, absolute, (float)t->lo, (float)t->hi,
+                        t->below, t->band, t->band_score, t->stats);
+}
+
+void pass_many(pass_task *tasks, int64_t count, int absolute, int64_t itemsize,
+               parallel_fn parallel, unsigned threads) {
+    batch b = {(char *)tasks, count, sizeof(pass_task), 0, run_pass, absolute, itemsize};
+    run_in_team(b, parallel, threads);
+}
+
+/* Samples; each task's taken is the number of scores written to out. */
+typedef struct {
+    const int32_t *pos;
+    int64_t n;
+    const void *grad, *weight;
+    void *out;
+    int64_t m;
+    uint64_t seed;
+    int64_t taken;
+} sample_task;
+
+static void run_sample(void *task, int absolute, int64_t itemsize) {
+    sample_task *t = task;
+    t->taken = itemsize == 8 ? sample_f64(t->pos, t->n, t->grad, t->weight, absolute, t->out, t->m, t->seed)
+                             : sample_f32(t->pos, t->n, t->grad, t->weight, absolute, t->out, t->m, t->seed);
+}
+
+void sample_many(sample_task *tasks, int64_t count, int absolute, int64_t itemsize,
+                 parallel_fn parallel, unsigned threads) {
+    batch b = {(char *)tasks, count, sizeof(sample_task), 0, run_sample, absolute, itemsize};
+    run_in_team(b, parallel, threads);
+}
+
+/* Drops; weight may be NULL, its itemsize is the task's own. */
+typedef struct {
+    int32_t *pos;
+    const int32_t *index;
+    int64_t m;
+    void *weight;
+    int64_t itemsize;
+} drop_task;
+
+static void run_drop(void *task, int absolute, int64_t itemsize) {
+    (void)absolute, (void)itemsize;
+    drop_task *t = task;
+    drop(t->pos, t->index, t->m, t->weight, t->itemsize);
+}
+
+void drop_many(drop_task *tasks, int64_t count, parallel_fn parallel, unsigned threads) {
+    batch b = {(char *)tasks, count, sizeof(drop_task), 0, run_drop, 0, 0};
+    run_in_team(b, parallel, threads);
 }
 
 /* Positions i (ascending) with values[i] <= bound (upper != 0) or >= bound, written to

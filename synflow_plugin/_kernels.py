@@ -19,15 +19,19 @@ import functools
 import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["COMPILED", "simd", "sample_scores", "score_pass", "score_passes", "drop", "positions_beyond"]
+__all__ = [
+    "COMPILED", "simd", "openmp_parallel",
+    "sample_scores", "score_pass", "drop", "positions_beyond",
+    "sample_many", "score_passes", "drop_many",
+]
 
 
-_ABI = 4  # must equal kernels_abi() in _kernels.c
+_ABI = 5  # must equal kernels_abi() in _kernels.c
 
 
 def _load() -> ctypes.CDLL | None:
@@ -49,8 +53,9 @@ def _load() -> ctypes.CDLL | None:
         lib.drop.restype = None
         lib.kernels_simd.argtypes = [c_int]
         lib.kernels_simd.restype = c_int
-        lib.pass_many.argtypes = [p, i64, c_int, i64, p, ctypes.c_uint]
-        lib.pass_many.restype = None
+        lib.pass_many.argtypes = lib.sample_many.argtypes = [p, i64, c_int, i64, p, ctypes.c_uint]
+        lib.drop_many.argtypes = [p, i64, p, ctypes.c_uint]
+        lib.pass_many.restype = lib.sample_many.restype = lib.drop_many.restype = None
         return lib
     return None
 
@@ -132,41 +137,111 @@ def score_pass(pos: np.ndarray, n: int, grad: np.ndarray, weight: np.ndarray | N
     return live.size, low.size, inside.size, nan, int(np.count_nonzero(values))
 
 
+def drop(pos: np.ndarray, index: np.ndarray, weight: np.ndarray | None) -> None:
+    """Mark ``pos[index]`` as pruned and zero ``weight`` at those offsets, if given
+    (entries marked already are left alone)."""
+    if index.size == 0:
+        return
+    if _usable(pos, index, weight) and index.dtype == np.int32:
+        _LIB.drop(pos.ctypes.data, index.ctypes.data, index.size, _address(weight),
+                  0 if weight is None else weight.itemsize)
+        return
+    if weight is not None:
+        offsets = pos[index]
+        weight[offsets[offsets >= 0]] = 0  # entries marked already are left alone
+    pos[index] = -1
+
+
+# --------------------------------------------------------------------------- batches
+# One call per round for all segments. With threads > 1 the tasks are shared out over
+# the OpenMP team of the runtime torch itself runs on (see openmp_parallel): its workers
+# are still spinning after torch's backward pass, so threads of our own would only
+# compete with them. Elsewhere, and without the compiled kernels, the tasks run in turn.
+_p, _i64 = ctypes.c_void_p, ctypes.c_int64
+
+
 class _PassTask(ctypes.Structure):
-    _fields_ = [
-        ("pos", ctypes.c_void_p), ("n", ctypes.c_int64), ("grad", ctypes.c_void_p),
-        ("weight", ctypes.c_void_p), ("lo", ctypes.c_double), ("hi", ctypes.c_double),
-        ("below", ctypes.c_void_p), ("band", ctypes.c_void_p), ("band_score", ctypes.c_void_p),
-        ("stats", ctypes.c_int64 * 4),
-    ]
+    _fields_ = [("pos", _p), ("n", _i64), ("grad", _p), ("weight", _p), ("lo", ctypes.c_double),
+                ("hi", ctypes.c_double), ("below", _p), ("band", _p), ("band_score", _p),
+                ("stats", _i64 * 4)]
+
+
+class _SampleTask(ctypes.Structure):
+    _fields_ = [("pos", _p), ("n", _i64), ("grad", _p), ("weight", _p), ("out", _p), ("m", _i64),
+                ("seed", ctypes.c_uint64), ("taken", _i64)]
+
+
+class _DropTask(ctypes.Structure):
+    _fields_ = [("pos", _p), ("index", _p), ("m", _i64), ("weight", _p), ("itemsize", _i64)]
+
+
+def _tasks(kind: type, jobs: Sequence[tuple], size: Callable[[tuple], int], fill: Callable) -> tuple:
+    """A ctypes array of ``kind``, largest job first, and the job index of each task."""
+    order = sorted(range(len(jobs)), key=lambda k: -size(jobs[k]))
+    tasks = (kind * len(jobs))()
+    for task, k in zip(tasks, order):
+        fill(task, *jobs[k])
+    return tasks, order
+
+
+def _team(threads: int) -> int | None:
+    return openmp_parallel() if threads > 1 else None
 
 
 def score_passes(passes: Sequence[tuple], absolute: bool, threads: int = 1) -> list[tuple[int, int, int, int, int]]:
-    """:func:`score_pass` for each argument tuple ``(pos, n, grad, weight, lo, hi,
-    below, band, band_score)`` of ``passes`` (disjoint buffers, one score dtype), in
-    one call; returns their results in order.
-
-    With ``threads > 1`` the passes are shared out over the OpenMP team of the
-    runtime torch itself runs on (see :func:`openmp_parallel`); its workers are
-    still spinning after torch's backward pass, so extra threads of our own would
-    only compete with them. Elsewhere the passes run in turn.
-    """
-    dtype = passes[0][2].dtype if passes else np.float32
-    if not passes or not all(_usable(a[0], a[2], a[3], a[6], a[7], a[8]) and a[2].dtype == dtype for a in passes):
+    """:func:`score_pass` for each ``(pos, n, grad, weight, lo, hi, below, band,
+    band_score)`` of ``passes`` (disjoint buffers, one score dtype); their results in order."""
+    if not passes or not all(_usable(a[0], a[2], a[3], a[6], a[7], a[8]) and a[2].dtype == passes[0][2].dtype
+                             for a in passes):
         return [score_pass(a[0], a[1], a[2], a[3], absolute, *a[4:]) for a in passes]
-    order = sorted(range(len(passes)), key=lambda k: -passes[k][1])  # largest first
-    tasks = (_PassTask * len(passes))()
-    for task, k in zip(tasks, order):
-        pos, n, grad, weight, lo, hi, below, band, band_score = passes[k]
+
+    def fill(task, pos, n, grad, weight, lo, hi, below, band, band_score):
         task.pos, task.n, task.grad, task.weight = pos.ctypes.data, n, grad.ctypes.data, _address(weight)
         task.lo, task.hi = lo, hi
         task.below, task.band, task.band_score = below.ctypes.data, band.ctypes.data, band_score.ctypes.data
-    _LIB.pass_many(ctypes.addressof(tasks), len(passes), int(absolute), np.dtype(dtype).itemsize,
-                   openmp_parallel() if threads > 1 else None, threads)
+
+    tasks, order = _tasks(_PassTask, passes, lambda a: a[1], fill)
+    _LIB.pass_many(ctypes.addressof(tasks), len(tasks), int(absolute), passes[0][2].itemsize,
+                   _team(threads), threads)
     results: list = [None] * len(passes)
     for task, k in zip(tasks, order):
         results[k] = (task.n, *task.stats)
     return results
+
+
+def sample_many(samples: Sequence[tuple], absolute: bool, threads: int = 1) -> list[int]:
+    """:func:`sample_scores` for each ``(pos, n, grad, weight, out, seed)`` of
+    ``samples`` (one score dtype); the number of scores written to each ``out``."""
+    if not samples or not all(_usable(a[0], a[2], a[3], a[4]) and a[2].dtype == samples[0][2].dtype
+                              for a in samples):
+        return [sample_scores(a[0], a[1], a[2], a[3], absolute, a[4], a[5]) for a in samples]
+
+    def fill(task, pos, n, grad, weight, out, seed):
+        task.pos, task.n, task.grad, task.weight = pos.ctypes.data, n, grad.ctypes.data, _address(weight)
+        task.out, task.m, task.seed = out.ctypes.data, out.size if n else 0, seed & (2**64 - 1)
+
+    tasks, order = _tasks(_SampleTask, samples, lambda a: a[4].size, fill)
+    _LIB.sample_many(ctypes.addressof(tasks), len(tasks), int(absolute), samples[0][2].itemsize,
+                     _team(threads), threads)
+    taken = [0] * len(samples)
+    for task, k in zip(tasks, order):
+        taken[k] = task.taken
+    return taken
+
+
+def drop_many(drops: Sequence[tuple], threads: int = 1) -> None:
+    """:func:`drop` for each ``(pos, index, weight)`` of ``drops`` (disjoint entries)."""
+    if not all(_usable(*a) and a[1].dtype == np.int32 for a in drops):
+        for pos, index, weight in drops:
+            drop(pos, index, weight)
+        return
+
+    def fill(task, pos, index, weight):
+        task.pos, task.index, task.m = pos.ctypes.data, index.ctypes.data, index.size
+        task.weight, task.itemsize = _address(weight), 0 if weight is None else weight.itemsize
+
+    tasks, _ = _tasks(_DropTask, drops, lambda a: a[1].size, fill)
+    _LIB.drop_many(ctypes.addressof(tasks), len(tasks), _team(threads), threads)
 
 
 @functools.lru_cache(maxsize=1)
@@ -187,21 +262,6 @@ def openmp_parallel() -> int | None:
         except (OSError, AttributeError):
             continue
     return None
-
-
-def drop(pos: np.ndarray, index: np.ndarray, weight: np.ndarray | None) -> None:
-    """Mark ``pos[index]`` as pruned and zero ``weight`` at those offsets, if given
-    (entries marked already are left alone)."""
-    if index.size == 0:
-        return
-    if _usable(pos, index, weight) and index.dtype == np.int32:
-        _LIB.drop(pos.ctypes.data, index.ctypes.data, index.size, _address(weight),
-                  0 if weight is None else weight.itemsize)
-        return
-    if weight is not None:
-        offsets = pos[index]
-        weight[offsets[offsets >= 0]] = 0  # entries marked already are left alone
-    pos[index] = -1
 
 
 def positions_beyond(values: np.ndarray, bound: float, *, upper: bool) -> np.ndarray:

@@ -212,6 +212,7 @@ class Survivors:
         pruned: list[np.ndarray | None] = [None] * len(self._by_target)
         if any(nan):
             return Round(nan, nonzero, pruned)
+        drops = []
         for t, segments in enumerate(self._by_target):
             parts = []
             for s in segments:
@@ -220,10 +221,11 @@ class Survivors:
                     index = np.concatenate((index, chosen[s]))
                 if record[t]:
                     parts.append(s.start + s.pos[index].astype(np.int64))
-                _kernels.drop(s.pos, index, None if zero[t] is None else zero[t][s.start:])
+                drops.append((s.pos, index, None if zero[t] is None else zero[t][s.start:]))
                 s.live -= index.size
             if record[t]:
                 pruned[t] = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+        _kernels.drop_many(drops, self.threads)
         return Round(nan, nonzero, pruned)
 
     def _scan(self, work: list[tuple[_Segment, tuple[float, float]]], scores, weights, absolute) -> None:
@@ -234,24 +236,22 @@ class Survivors:
         for (s, _), (n, s.n_below, s.n_band, s.nan, s.nonzero) in zip(work, results):
             s.n = s.live = n
 
-    @staticmethod
-    def _bracket(segments, count, scores, weights, absolute, seed) -> tuple[float, float]:
+    def _bracket(self, segments, count, scores, weights, absolute, seed) -> tuple[float, float]:
         """Bounds ``lo <= threshold <= hi`` of the ``count``-th smallest score, from a sample."""
         live = sum(s.live for s in segments)
         if count <= 0:
             return -math.inf, -math.inf
         if live <= 4 * _SAMPLE:
             return -math.inf, math.inf
-        parts = []
+        draws = []
         for k, s in enumerate(segments):
             if s.live:
                 out = np.empty(max(1, round(_SAMPLE * s.live / live)), dtype=scores[s.target].dtype)
                 weight = weights[s.target]
-                taken = _kernels.sample_scores(
-                    s.pos, s.n, scores[s.target][s.start:], None if weight is None else weight[s.start:],
-                    absolute, out, seed * 1_000_003 + k)
-                parts.append(out[:taken])
-        sample = np.concatenate(parts)
+                draws.append((s.pos, s.n, scores[s.target][s.start:], None if weight is None else weight[s.start:],
+                              out, seed * 1_000_003 + k))
+        taken = _kernels.sample_many(draws, absolute, self.threads)
+        sample = np.concatenate([draw[4][:m] for draw, m in zip(draws, taken)])
         m = sample.size
         q = min(1.0, count / live)
         margin = 5.0 * math.sqrt(m * q * (1.0 - q)) + 2.0

@@ -105,6 +105,29 @@ def test_score_passes_give_what_single_passes_give(variant, dtype, threads):
         assert np.array_equal(a[7][:nc], b[7][:nc]) and np.array_equal(a[8][:nc], b[8][:nc])
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batched_samples_and_drops_give_what_single_calls_give(variant, threads):
+    rng = np.random.default_rng(5)
+    cases = [random_case(rng, np.float32, int(rng.integers(1, 20_000))) for _ in range(7)]
+    draws = [(pos, pos.size, grad, weight, np.empty(64, np.float32), k) for k, (grad, weight, pos) in enumerate(cases)]
+    taken = with_variant(variant, _kernels.sample_many, draws, True, threads)
+    for (pos, n, grad, weight, out, seed), m in zip(draws, taken):
+        single = np.empty(64, np.float32)
+        assert m == with_variant(variant, _kernels.sample_scores, pos, n, grad, weight, True, single, seed)
+        assert np.array_equal(out[:m], single[:m])
+
+    batch, single = [], []
+    for grad, weight, pos in cases:
+        index = np.flatnonzero(rng.random(pos.size) < 0.3).astype(np.int32)
+        batch.append((pos.copy(), index, weight.copy()))
+        single.append((pos.copy(), index, weight.copy()))
+    with_variant(variant, _kernels.drop_many, batch, threads)
+    for (pos, index, weight), (pos2, _, weight2) in zip(batch, single):
+        _kernels.drop(pos2, index, weight2)
+        assert np.array_equal(pos, pos2) and np.array_equal(weight, weight2)
+
+
 @compiled
 def test_the_openmp_runtime_of_torch_is_found_where_torch_uses_gnu_openmp():
     import sys
