@@ -3,8 +3,10 @@
 Every round of an iterative criterion scores the survivors of each tensor, finds
 the ones to prune and removes them: passes over up to all the weights, a hundred
 times for SynFlow. The C versions in ``_kernels.c`` (built at install time when a
-compiler is available) do it in one pass per segment; the numpy versions here give
-the same results everywhere else.
+compiler is available) do it in one pass per segment, and the ``*_many`` batches
+take every segment of a round in one call, on torch's own OpenMP team when torch
+runs on more than one thread; the numpy versions here give the same results
+everywhere else.
 
 A *segment* is an int32 array ``pos`` of ascending offsets into a flat tensor; an
 offset < 0 marks an entry pruned in the previous round, dropped by the next
@@ -251,11 +253,14 @@ def openmp_parallel() -> int | None:
     when torch uses another threading backend or the runtime cannot be found."""
     if "OpenMP" not in torch.__config__.parallel_info():
         return None
-    candidates = []
-    if sys.platform.startswith("linux"):  # the runtime already mapped into this process
-        maps = Path("/proc/self/maps").read_text()
-        candidates += sorted(set(re.findall(r"(/\S*lib(?:g|i)?omp[^/\s]*\.so[.\d]*)$", maps, re.M)))
-    candidates += sorted(str(p) for p in (Path(torch.__file__).parent / "lib").glob("lib*omp*"))
+    # The runtime bundled with torch's wheels, else one already mapped into this process
+    # (torch linked against the system's, as in conda builds).
+    runtime = re.compile(r"lib(?:g|i)?omp[^/\s]*\.(?:so[.\d]*|dylib)$")
+    bundled = Path(torch.__file__).parent / "lib"
+    candidates = sorted(str(p) for p in bundled.glob("lib*") if runtime.match(p.name) and p.is_file())
+    if sys.platform.startswith("linux"):
+        mapped = re.findall(r"(/\S+)$", Path("/proc/self/maps").read_text(), re.M)
+        candidates += sorted({path for path in mapped if runtime.match(Path(path).name)})
     for path in candidates:
         try:
             return ctypes.cast(ctypes.CDLL(path).GOMP_parallel, ctypes.c_void_p).value
