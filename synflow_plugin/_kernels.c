@@ -15,7 +15,7 @@ int kernels_abi(void) { return 5; }
 
 /* The score of offset p: grad[p], times weight[p] when weight is not NULL, in
  * absolute value when absolute != 0. The four cases are separate loops. */
-#define FOR_EACH_SCORE(T, ABS, BODY)                                                      \
+#define FOR_EACH_SCORE(ABS, BODY)                                                      \
     if (weight && absolute) { BODY(ABS(grad[p] * weight[p])) }                            \
     else if (weight) { BODY(grad[p] * weight[p]) }                                        \
     else if (absolute) { BODY(ABS(grad[p])) }                                             \
@@ -68,7 +68,7 @@ static inline uint64_t splitmix64(uint64_t *state) {
             for (int64_t k = 0; k < size; k++) {                                          \
                 int32_t p = offsets[k];                                                   \
                 if (p < 0) continue;                                                      \
-                FOR_EACH_SCORE(T, ABS, SAMPLE_ONE)                                        \
+                FOR_EACH_SCORE(ABS, SAMPLE_ONE)                                        \
             }                                                                             \
         }                                                                                 \
         return c;                                                                         \
@@ -109,7 +109,7 @@ SAMPLE(sample_f64, double, fabs)
                         T *restrict band_score, int64_t *restrict stats) {                \
         typedef T value_t;                                                                \
         int64_t j = 0, nb = 0, nc = 0, nan = 0, nonzero = 0;                              \
-        FOR_EACH_SCORE(T, ABS, PASS_ONE)                                                  \
+        FOR_EACH_SCORE(ABS, PASS_ONE)                                                  \
         stats[0] = nb; stats[1] = nc; stats[2] = nan; stats[3] = nonzero;                 \
         return j;                                                                         \
     }
@@ -147,7 +147,7 @@ static int64_t pass_avx512_f32(int32_t *restrict pos, int64_t n, const float *re
     int64_t j = 0, nb = 0, nc = 0, nan = 0, nonzero = 0;
     for (int64_t a = 0; a < n; a += BLOCK) {
         int64_t m = n - a < BLOCK ? n - a : BLOCK;
-        FOR_EACH_SCORE(float, fabsf, GATHER_BLOCK)
+        FOR_EACH_SCORE(fabsf, GATHER_BLOCK)
         for (int64_t k = 0; k < m; k += 16) {
             __mmask16 in = m - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - k)) - 1);
             __m512i q = _mm512_maskz_loadu_epi32(in, pos + a + k);

@@ -154,6 +154,16 @@ def drop(pos: np.ndarray, index: np.ndarray, weight: np.ndarray | None) -> None:
     pos[index] = -1
 
 
+def positions_beyond(values: np.ndarray, bound: float, *, upper: bool) -> np.ndarray:
+    """Ascending positions with ``values <= bound`` (``upper``) or ``values >= bound``."""
+    if _usable(values):
+        kernel = getattr(_LIB, f"select_{_suffix(values)}")
+        out = np.empty(kernel(values.ctypes.data, values.size, bound, int(upper), None) + 1, dtype=np.int64)
+        count = kernel(values.ctypes.data, values.size, bound, int(upper), out.ctypes.data)
+        return out[:count]
+    return np.flatnonzero(values <= bound if upper else values >= bound)
+
+
 # --------------------------------------------------------------------------- batches
 # One call per round for all segments. With threads > 1 the tasks are shared out over
 # the OpenMP team of the runtime torch itself runs on (see openmp_parallel): its workers
@@ -267,13 +277,3 @@ def openmp_parallel() -> int | None:
         except (OSError, AttributeError):
             continue
     return None
-
-
-def positions_beyond(values: np.ndarray, bound: float, *, upper: bool) -> np.ndarray:
-    """Ascending positions with ``values <= bound`` (``upper``) or ``values >= bound``."""
-    if _usable(values):
-        kernel = getattr(_LIB, f"select_{_suffix(values)}")
-        out = np.empty(kernel(values.ctypes.data, values.size, bound, int(upper), None) + 1, dtype=np.int64)
-        count = kernel(values.ctypes.data, values.size, bound, int(upper), out.ctypes.data)
-        return out[:count]
-    return np.flatnonzero(values <= bound if upper else values >= bound)

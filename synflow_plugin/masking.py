@@ -154,7 +154,7 @@ def _positions(mask: torch.Tensor) -> np.ndarray:
     return np.flatnonzero(mask.reshape(-1).cpu().numpy())
 
 
-def _as_numpy(tensor: torch.Tensor, dtype: type = None) -> np.ndarray:
+def _as_numpy(tensor: torch.Tensor, dtype: type | None = None) -> np.ndarray:
     """A flat float32/float64 numpy view (a copy only where needed) of ``tensor``."""
     tensor = tensor.detach()
     if dtype is not None:

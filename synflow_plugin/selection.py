@@ -142,7 +142,6 @@ class Survivors:
     """
 
     def __init__(self, positions: Sequence[np.ndarray], revivable: bool = False, threads: int = 1) -> None:
-        self.sizes = [p.size for p in positions]
         self.threads = threads
         self._by_target = [self._split(t, np.asarray(p), revivable) for t, p in enumerate(positions)]
 
