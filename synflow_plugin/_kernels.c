@@ -7,11 +7,12 @@
  *
  * Plain C on caller-owned buffers, loaded with ctypes: no Python or numpy headers involved.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 
 /* Bumped whenever a signature below changes, so that a stale build is never called. */
-int kernels_abi(void) { return 5; }
+int kernels_abi(void) { return 6; }
 
 /* The score of offset p: grad[p], times weight[p] when weight is not NULL, in
  * absolute value when absolute != 0. The four cases are separate loops. */
@@ -80,7 +81,10 @@ SAMPLE(sample_f64, double, fabs)
  * the others and sorts them by the bracket [lo, hi]: the new indices j of scores < lo
  * go to below[], the others that are not > hi (NaN included) to band[] with the score
  * in band_score[]. Both have room for n entries. Returns the new length of pos and
- * writes stats = {below, band, NaN scores, non-zero scores}.
+ * writes stats = {below, band, NaN scores, non-zero scores, scores outside the normal
+ * range}. A score is outside when its magnitude exceeds the type's largest value / 2^16
+ * (infinity included) or is non-zero and below its smallest normal value * 2^16: the
+ * caller then recomputes the round in a wider type.
  *
  * Branch-free (every store happens, the counts advance on a hit): the scattered loads
  * of grad and weight then overlap instead of waiting behind mispredicted branches.
@@ -100,21 +104,25 @@ SAMPLE(sample_f64, double, fabs)
         nc += live & !(s < lo) & !(s > hi);                                               \
         nan += live & (s != s);                                                           \
         nonzero += live & (s != 0);                                                       \
+        value_t a = s < 0 ? -s : s;                                                       \
+        outside += live & ((a > big) | ((a < small) & (s != 0)));                         \
         j += live;                                                                        \
     }
-#define PASS(NAME, T, ABS)                                                                \
+#define PASS(NAME, T, ABS, SMALLEST, LARGEST)                                              \
     static int64_t NAME(int32_t *restrict pos, int64_t n, const T *restrict grad,         \
                         const T *restrict weight, int absolute, T lo, T hi,               \
                         int32_t *restrict below, int32_t *restrict band,                  \
                         T *restrict band_score, int64_t *restrict stats) {                \
         typedef T value_t;                                                                \
-        int64_t j = 0, nb = 0, nc = 0, nan = 0, nonzero = 0;                              \
+        const T small = SMALLEST * (T)65536, big = LARGEST / (T)65536;                    \
+        int64_t j = 0, nb = 0, nc = 0, nan = 0, nonzero = 0, outside = 0;                 \
         FOR_EACH_SCORE(ABS, PASS_ONE)                                                  \
         stats[0] = nb; stats[1] = nc; stats[2] = nan; stats[3] = nonzero;                 \
+        stats[4] = outside;                                                               \
         return j;                                                                         \
     }
-PASS(pass_scalar_f32, float, fabsf)
-PASS(pass_scalar_f64, double, fabs)
+PASS(pass_scalar_f32, float, fabsf, FLT_MIN, FLT_MAX)
+PASS(pass_scalar_f64, double, fabs, DBL_MIN, DBL_MAX)
 
 int64_t pass_f64(int32_t *pos, int64_t n, const double *grad, const double *weight, int absolute,
                  double lo, double hi, int32_t *below, int32_t *band, double *band_score,
@@ -143,8 +151,9 @@ static int64_t pass_avx512_f32(int32_t *restrict pos, int64_t n, const float *re
     enum { BLOCK = 256 };
     float scores[BLOCK] __attribute__((aligned(64)));
     const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi), zero = _mm512_setzero_ps();
+    const __m512 vsmall = _mm512_set1_ps(FLT_MIN * 65536.0f), vbig = _mm512_set1_ps(FLT_MAX / 65536.0f);
     const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    int64_t j = 0, nb = 0, nc = 0, nan = 0, nonzero = 0;
+    int64_t j = 0, nb = 0, nc = 0, nan = 0, nonzero = 0, outside = 0;
     for (int64_t a = 0; a < n; a += BLOCK) {
         int64_t m = n - a < BLOCK ? n - a : BLOCK;
         FOR_EACH_SCORE(fabsf, GATHER_BLOCK)
@@ -168,13 +177,17 @@ static int64_t pass_avx512_f32(int32_t *restrict pos, int64_t n, const float *re
             _mm512_mask_storeu_ps(band_score + nc, (__mmask16)((1u << n_inside) - 1),
                                   _mm512_maskz_compress_ps(inside, s));
             nan += __builtin_popcount(_mm512_mask_cmp_ps_mask(valid, s, s, _CMP_UNORD_Q));
-            nonzero += __builtin_popcount(_mm512_mask_cmp_ps_mask(valid, s, zero, _CMP_NEQ_UQ));
+            __mmask16 nz = _mm512_mask_cmp_ps_mask(valid, s, zero, _CMP_NEQ_UQ);
+            __m512 magnitude = _mm512_abs_ps(s);
+            nonzero += __builtin_popcount(nz);
+            outside += __builtin_popcount(_mm512_mask_cmp_ps_mask(valid, magnitude, vbig, _CMP_GT_OQ) |
+                                          _mm512_mask_cmp_ps_mask(nz, magnitude, vsmall, _CMP_LT_OQ));
             nb += n_low;
             nc += n_inside;
             j += count;
         }
     }
-    stats[0] = nb; stats[1] = nc; stats[2] = nan; stats[3] = nonzero;
+    stats[0] = nb; stats[1] = nc; stats[2] = nan; stats[3] = nonzero; stats[4] = outside;
     return j;
 }
 
@@ -254,7 +267,7 @@ typedef struct {
     double lo, hi;
     int32_t *below, *band;
     void *band_score;
-    int64_t stats[4];
+    int64_t stats[5];
 } pass_task;
 
 static void run_pass(void *task, int absolute, int64_t itemsize) {

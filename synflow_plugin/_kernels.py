@@ -28,12 +28,12 @@ import torch
 
 __all__ = [
     "COMPILED", "simd", "openmp_parallel",
-    "sample_scores", "score_pass", "drop", "positions_beyond",
+    "sample_scores", "score_pass", "drop", "positions_beyond", "normal_range",
     "sample_many", "score_passes", "drop_many",
 ]
 
 
-_ABI = 5  # must equal kernels_abi() in _kernels.c
+_ABI = 6  # must equal kernels_abi() in _kernels.c
 
 
 def _load() -> ctypes.CDLL | None:
@@ -88,7 +88,8 @@ def _suffix(array: np.ndarray) -> str:
 
 
 def _scores(pos: np.ndarray, grad: np.ndarray, weight: np.ndarray | None, absolute: bool) -> np.ndarray:
-    values = grad[pos] if weight is None else grad[pos] * weight[pos]
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN scores are counted, not warned
+        values = grad[pos] if weight is None else grad[pos] * weight[pos]
     return np.abs(values) if absolute else values
 
 
@@ -111,18 +112,28 @@ def sample_scores(pos: np.ndarray, n: int, grad: np.ndarray, weight: np.ndarray 
     return picked.size
 
 
+def normal_range(dtype: np.dtype) -> tuple[float, float]:
+    """Magnitudes ``(small, big)`` between which a score of ``dtype`` is trusted to rank:
+    2^16 inside the normal range, so that the products it came from did not underflow
+    into subnormals or overflow."""
+    info = np.finfo(dtype)
+    return float(info.tiny) * 65536.0, float(info.max) / 65536.0
+
+
 def score_pass(pos: np.ndarray, n: int, grad: np.ndarray, weight: np.ndarray | None, absolute: bool,
                lo: float, hi: float, below: np.ndarray, band: np.ndarray, band_score: np.ndarray
-               ) -> tuple[int, int, int, int, int]:
+               ) -> tuple[int, int, int, int, int, int]:
     """Compact ``pos[:n]`` in place (dropping marked entries) and sort its scores by the
     bracket ``[lo, hi]``: the indices of scores ``< lo`` go to ``below``, the others
     not ``> hi`` (NaN included) to ``band`` with their scores in ``band_score`` (all
     with room for ``n``).
 
-    Returns ``(new n, below count, band count, NaN count, non-zero count)``.
+    Returns ``(new n, below count, band count, NaN count, non-zero count, outside
+    count)``, the last the scores whose magnitude is non-zero and outside
+    :func:`normal_range` (infinity included).
     """
     if _usable(pos, grad, weight, below, band, band_score):
-        stats = np.empty(4, dtype=np.int64)
+        stats = np.empty(5, dtype=np.int64)
         kernel = getattr(_LIB, f"pass_{_suffix(grad)}")
         size = kernel(pos.ctypes.data, n, grad.ctypes.data, _address(weight), int(absolute), lo, hi,
                       below.ctypes.data, band.ctypes.data, band_score.ctypes.data, stats.ctypes.data)
@@ -136,7 +147,10 @@ def score_pass(pos: np.ndarray, n: int, grad: np.ndarray, weight: np.ndarray | N
     band[: inside.size] = inside
     band_score[: inside.size] = values[inside]
     nan = int(np.count_nonzero(np.isnan(values)))
-    return live.size, low.size, inside.size, nan, int(np.count_nonzero(values))
+    small, big = normal_range(values.dtype)
+    magnitude = np.abs(values)
+    outside = int(np.count_nonzero((magnitude > big) | ((magnitude < small) & (values != 0))))
+    return live.size, low.size, inside.size, nan, int(np.count_nonzero(values)), outside
 
 
 def drop(pos: np.ndarray, index: np.ndarray, weight: np.ndarray | None) -> None:
@@ -175,7 +189,7 @@ _p, _i64 = ctypes.c_void_p, ctypes.c_int64
 class _PassTask(ctypes.Structure):
     _fields_ = [("pos", _p), ("n", _i64), ("grad", _p), ("weight", _p), ("lo", ctypes.c_double),
                 ("hi", ctypes.c_double), ("below", _p), ("band", _p), ("band_score", _p),
-                ("stats", _i64 * 4)]
+                ("stats", _i64 * 5)]
 
 
 class _SampleTask(ctypes.Structure):
@@ -200,7 +214,7 @@ def _team(threads: int) -> int | None:
     return openmp_parallel() if threads > 1 else None
 
 
-def score_passes(passes: Sequence[tuple], absolute: bool, threads: int = 1) -> list[tuple[int, int, int, int, int]]:
+def score_passes(passes: Sequence[tuple], absolute: bool, threads: int = 1) -> list[tuple[int, ...]]:
     """:func:`score_pass` for each ``(pos, n, grad, weight, lo, hi, below, band,
     band_score)`` of ``passes`` (disjoint buffers, one score dtype); their results in order."""
     if not passes or not all(_usable(a[0], a[2], a[3], a[6], a[7], a[8]) and a[2].dtype == passes[0][2].dtype

@@ -13,6 +13,7 @@ position: the earlier weight is pruned first.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any, Callable, Iterable, Sequence
 
@@ -34,7 +35,9 @@ __all__ = [
     "SCHEDULES",
     "SCOPES",
     "ZeroFlowWarning",
+    "PrecisionWarning",
     "check_amount",
+    "check_progress",
     "num_to_prune",
     "keep_schedule",
     "erk_allocation",
@@ -55,13 +58,15 @@ class ZeroFlowWarning(UserWarning):
 
 # --------------------------------------------------------------------------- counts
 def check_amount(amount: Any, caller: str = "prune") -> int | float:
-    """Validate ``amount`` as torch.nn.utils.prune does: an int >= 0 (a number of
-    weights) or a float in [0, 1] (a fraction of the surviving weights)."""
-    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+    """Validate ``amount`` as torch.nn.utils.prune does: an integer >= 0 (a number of
+    weights) or a real number in [0, 1] (a fraction of the surviving weights). numpy
+    scalars are accepted and returned as ``int`` / ``float``."""
+    if isinstance(amount, (bool, np.bool_)) or not isinstance(amount, numbers.Real):
         raise PruningTypeError(
             f"{caller}: amount={amount!r} should either be a float in the range [0, 1] or a "
             f"non-negative integer, got {type(amount).__name__}"
         )
+    amount = int(amount) if isinstance(amount, numbers.Integral) else float(amount)
     if (isinstance(amount, int) and amount < 0) or (
         isinstance(amount, float) and not 0.0 <= amount <= 1.0
     ):
@@ -70,6 +75,15 @@ def check_amount(amount: Any, caller: str = "prune") -> int | float:
             "non-negative integer (a compression of 100x is amount=0.99)"
         )
     return amount
+
+
+def check_progress(progress: Any, caller: str = "prune") -> bool | None:
+    """``progress`` is True, False or None (a bar only on a terminal)."""
+    if progress is not None and not isinstance(progress, (bool, np.bool_)):
+        raise PruningTypeError(
+            f"{caller}: progress={progress!r} should be True, False or None (a bar only on a terminal)"
+        )
+    return None if progress is None else bool(progress)
 
 
 def num_to_prune(amount: int | float, survivors: int, caller: str = "prune") -> int:
@@ -175,8 +189,23 @@ def _prepare(model, params, criterion, options, example_inputs, data, loss_fn, n
     return criterion, targets, inputs, start_masks
 
 
+def _check_finite(model: nn.Module) -> None:
+    """Refuse a model holding NaN or infinite values: every criterion would rank garbage."""
+    with torch.no_grad():
+        for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+            for name, tensor in named:
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise PruningError(
+                        f"the model's {kind} '{name}' holds {bad} NaN or infinite value"
+                        f"{'s' if bad > 1 else ''}; scores computed from it would be meaningless. "
+                        "Re-initialise or repair that tensor before pruning."
+                    )
+
+
 def _scoring_state(model: nn.Module, targets: list[Target], inputs: Inputs, criterion: Criterion) -> ScoringState:
     copy = scoring_copy(model)
+    _check_finite(copy)
     copy.eval()
     for p in copy.parameters():
         p.requires_grad_(False)
@@ -298,6 +327,7 @@ def compute_masks(
         raise PruningError(f"{caller}: schedule={schedule!r} is not valid; expected one of {SCHEDULES}")
     if scope not in SCOPES:
         raise PruningError(f"{caller}: scope={scope!r} is not valid; expected one of {SCOPES}")
+    progress = check_progress(progress, caller)
     criterion, targets, inputs, start_masks = _prepare(
         model, params, criterion, options, example_inputs, data, loss_fn, num_batches, caller
     )
@@ -349,34 +379,84 @@ def _one_round(state: ScoringState, criterion: Criterion, alive: Survivors, grou
                     flat.zero_()
                     flat.index_copy_(0, index, theta0.reshape(-1).index_select(0, index))
         alive.reset()  # every candidate is ranked again
-    scores = _raw_scores(criterion, state)
-    dtype = np.float64 if any(s.dtype == torch.float64 for s in scores) else np.float32
-    # Pruned weights are zeroed in the scored copy: in place where numpy shares its
-    # memory, else (another device or dtype) through torch with the recorded positions.
-    zero = [None if criterion.revives else _shared_numpy(p) for p in state.params]
+    counts = [sum(alive.live(t) for t in group) - k for group, k in zip(groups, keep)]
     before = [alive.live(t) for t in range(len(state.targets))]
-    result = alive.prune(
-        scores=[_as_numpy(s, dtype) for s in scores],
-        weights=[_as_numpy(p, dtype) if criterion.times_weight else None for p in state.params],
-        absolute=criterion.ranks_magnitude,
-        groups=groups,
-        counts=[sum(before[t] for t in group) - k for group, k in zip(groups, keep)],
-        zero=zero,
-        record=[not criterion.revives and z is None for z in zero],
-        seed=state.round,
-    )
+    scores = _raw_scores(criterion, state)
+    widen = criterion.wide_range and state.can_promote
+    result = _rank(state, criterion, alive, groups, counts, scores, hold=widen)
+    if widen and result.held and state.promote():
+        # A score left the normal range of the model's dtype: this round again in float64.
+        scores = _raw_scores(criterion, state)
+        result = _rank(state, criterion, alive, groups, counts, scores, hold=False)
     bad = [t.qualified_name for t, nan in zip(state.targets, result.nan) if nan]
     if bad:
         raise PruningError(
-            f"criterion {criterion.name} gave NaN scores for '{bad[0]}'; check the model for "
-            "NaN/inf weights or outputs."
+            f"criterion {criterion.name} gave NaN scores for '{bad[0]}' although every weight is "
+            f"finite: a value computed from them overflowed in {scores[0].dtype}. Check for layers "
+            "scaled far from unit size, or score a float64 copy of the model (model.double())."
         )
+    if criterion.wide_range and any(result.outside):
+        _check_range(state, criterion, alive, scores, result.outside)
     if state.round == 0:
         _warn_zero_flow(state, criterion, [n > 0 and not nz for n, nz in zip(before, result.nonzero)])
     with torch.no_grad():
         for p, pruned in zip(state.params, result.pruned):
             if pruned is not None and pruned.size:
                 p.data.reshape(-1).index_fill_(0, torch.from_numpy(pruned).to(p.device), 0)
+
+
+def _rank(state: ScoringState, criterion: Criterion, alive: Survivors, groups: list[list[int]],
+          counts: list[int], scores: list[torch.Tensor], hold: bool):
+    """One ranking pass of ``alive`` over ``scores``: group g loses ``counts[g]`` survivors
+    (none with ``hold`` if a score is outside its dtype's normal range)."""
+    dtype = np.float64 if any(s.dtype == torch.float64 for s in scores) else np.float32
+    # Pruned weights are zeroed in the scored copy: in place where numpy shares its
+    # memory, else (another device or dtype) through torch with the recorded positions.
+    zero = [None if criterion.revives else _shared_numpy(p) for p in state.params]
+    return alive.prune(
+        scores=[_as_numpy(s, dtype) for s in scores],
+        weights=[_as_numpy(p, dtype) if criterion.times_weight else None for p in state.params],
+        absolute=criterion.ranks_magnitude,
+        groups=groups,
+        counts=counts,
+        zero=zero,
+        record=[not criterion.revives and z is None for z in zero],
+        seed=state.round,
+        hold_outside=hold,
+    )
+
+
+class PrecisionWarning(UserWarning):
+    """Scores fell near the subnormal range of float64: their ranking may be inexact."""
+
+
+def _check_range(state: ScoringState, criterion: Criterion, alive: Survivors,
+                 scores: list[torch.Tensor], outside: list[int]) -> None:
+    """Raise for infinite scores, warn (once per call) for scores too small to rank exactly,
+    after the round was already scored in float64 (or could not be)."""
+    names = [t.qualified_name for t, n in zip(state.targets, outside) if n]
+    for t, target in enumerate(state.targets):
+        if not outside[t]:
+            continue
+        position = torch.from_numpy(alive.positions(t)).to(scores[t].device)
+        score = scores[t].reshape(-1).index_select(0, position)
+        if criterion.times_weight:
+            score = score * state.params[t].detach().reshape(-1).index_select(0, position)
+        if bool(torch.isinf(score).any()):
+            raise PruningError(
+                f"criterion {criterion.name} gave infinite scores for '{target.qualified_name}' even in "
+                f"{score.dtype}: the network's weights span too many orders of magnitude for its "
+                "scores to be computed (check the model for extreme weights, e.g. a layer scaled by 1e±300)."
+            )
+    if not state.cache.get("precision_warned"):
+        state.cache["precision_warned"] = True
+        warnings.warn(
+            f"{criterion.name}: some scores of {', '.join(names)} lie near the smallest normal "
+            f"{scores[0].dtype} value, where the products they come from lose precision; the ranking "
+            "of those weights may be inexact.",
+            PrecisionWarning,
+            stacklevel=4,
+        )
 
 
 def _shared_numpy(tensor: torch.Tensor) -> np.ndarray | None:

@@ -108,6 +108,7 @@ class _Segment:
     n_band: int = 0
     nan: int = 0
     nonzero: int = 0
+    outside: int = 0
 
     def scan_arguments(self, score: np.ndarray, weight: np.ndarray | None, lo: float, hi: float) -> tuple:
         """The arguments of this segment's :func:`~synflow_plugin._kernels.score_passes` pass."""
@@ -127,8 +128,13 @@ class Round:
     nan: list[int]
     #: non-zero scores among the survivors
     nonzero: list[int]
+    #: survivors' scores outside the normal range of their dtype
+    #: (:func:`~synflow_plugin._kernels.normal_range`)
+    outside: list[int]
     #: flat positions pruned, for the targets asked for in ``record``
     pruned: list[np.ndarray | None]
+    #: whether the round was held back unpruned (see ``Survivors.prune(hold_outside=...)``)
+    held: bool = False
 
 
 class Survivors:
@@ -184,6 +190,7 @@ class Survivors:
         zero: Sequence[np.ndarray | None],
         record: Sequence[bool],
         seed: int = 0,
+        hold_outside: bool = False,
     ) -> Round:
         """Prune the ``counts[g]`` smallest scores among the survivors of each group of targets.
 
@@ -191,7 +198,9 @@ class Survivors:
         absolute value if ``absolute`` (flat arrays of one dtype per target). The pruned
         positions of target ``t`` are set to zero in ``zero[t]`` where given, and
         returned where ``record[t]``. Ties: the earliest (target, position) goes first.
-        Nothing is pruned when a score is NaN (see :attr:`Round.nan`).
+        Nothing is pruned when a score is NaN (see :attr:`Round.nan`), nor, with
+        ``hold_outside``, when a score lies outside its dtype's normal range: the caller
+        can then score the round again in a wider dtype and call again.
         """
         members = [[s for t in group for s in self._by_target[t]] for group in groups]
         brackets = [self._bracket(segments, count, scores, weights, absolute, seed)
@@ -206,11 +215,11 @@ class Survivors:
                 below = 0
             chosen.update(self._choose(segments, count - below))
 
-        nan = [sum(s.nan for s in segments) for segments in self._by_target]
-        nonzero = [sum(s.nonzero for s in segments) for segments in self._by_target]
+        nan, nonzero, outside = ([sum(getattr(s, stat) for s in segments) for segments in self._by_target]
+                                 for stat in ("nan", "nonzero", "outside"))
         pruned: list[np.ndarray | None] = [None] * len(self._by_target)
-        if any(nan):
-            return Round(nan, nonzero, pruned)
+        if any(nan) or (hold_outside and any(outside)):
+            return Round(nan, nonzero, outside, pruned, held=True)
         drops = []
         for t, segments in enumerate(self._by_target):
             parts = []
@@ -225,14 +234,14 @@ class Survivors:
             if record[t]:
                 pruned[t] = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
         _kernels.drop_many(drops, self.threads)
-        return Round(nan, nonzero, pruned)
+        return Round(nan, nonzero, outside, pruned)
 
     def _scan(self, work: list[tuple[_Segment, tuple[float, float]]], scores, weights, absolute) -> None:
         """One scoring pass over each segment of ``work``, with its bracket ``(lo, hi)``."""
         results = _kernels.score_passes(
             [s.scan_arguments(scores[s.target], weights[s.target], lo, hi) for s, (lo, hi) in work],
             absolute, self.threads)
-        for (s, _), (n, s.n_below, s.n_band, s.nan, s.nonzero) in zip(work, results):
+        for (s, _), (n, s.n_below, s.n_band, s.nan, s.nonzero, s.outside) in zip(work, results):
             s.n = s.live = n
 
     def _bracket(self, segments, count, scores, weights, absolute, seed) -> tuple[float, float]:

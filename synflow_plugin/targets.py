@@ -73,7 +73,8 @@ def prunable_parameters(
     """The ``(module, "weight")`` pairs of every convolution and linear layer of ``model``.
 
     The list to hand to ``prune.global_unstructured``; each module appears once even
-    if it is registered under several names.
+    if it is registered under several names, and a weight tied into several modules
+    (e.g. an embedding shared with the output layer) is listed once, with its first module.
 
     >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     >>> [type(m).__name__ for m, _ in prunable_parameters(model)]
@@ -83,7 +84,13 @@ def prunable_parameters(
         raise PruningTypeError(
             f"prunable_parameters(): model should be a torch.nn.Module, got {type(model).__name__}"
         )
-    return [(m, "weight") for m in model.modules() if isinstance(m, tuple(types))]
+    pairs, seen = [], set()
+    for module in model.modules():
+        weight = module._parameters.get("weight_orig", module._parameters.get("weight"))
+        if isinstance(module, tuple(types)) and weight is not None and id(weight) not in seen:
+            seen.add(id(weight))
+            pairs.append((module, "weight"))
+    return pairs
 
 
 def _is_pruned(module: nn.Module, name: str) -> bool:

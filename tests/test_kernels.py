@@ -51,9 +51,9 @@ def run_pass(pos, grad, weight, absolute, lo, hi):
     pos = pos.copy()
     below, band = np.empty(pos.size, np.int32), np.empty(pos.size, np.int32)
     band_score = np.empty(pos.size, grad.dtype)
-    n, nb, nc, nan, nonzero = _kernels.score_pass(pos, pos.size, grad, weight, absolute, lo, hi,
-                                                  below, band, band_score)
-    return (n, nan, nonzero), pos[:n], below[:nb], band[:nc], band_score[:nc]
+    n, nb, nc, nan, nonzero, outside = _kernels.score_pass(pos, pos.size, grad, weight, absolute, lo, hi,
+                                                           below, band, band_score)
+    return (n, nan, nonzero, outside), pos[:n], below[:nb], band[:nc], band_score[:nc]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -64,6 +64,10 @@ def test_score_pass_compacts_scores_and_sorts_by_the_bracket(variant, dtype):
         grad, weight, pos = random_case(rng, dtype, int(rng.integers(1, 3000)))
         if trial % 5 == 0:
             grad[rng.integers(grad.size)] = np.nan
+        if trial % 4 == 1:  # scores outside the normal range: huge, infinite, tiny
+            info = np.finfo(dtype)
+            spots = rng.integers(grad.size, size=3)
+            grad[spots] = [info.max / 2, np.inf, info.tiny * 4]
         w = weight if trial % 3 else None
         absolute = bool(trial % 2)
         lo, hi = sorted(float(x) for x in rng.standard_normal(2) * 0.5)
@@ -72,11 +76,15 @@ def test_score_pass_compacts_scores_and_sorts_by_the_bracket(variant, dtype):
         got = with_variant(variant, run_pass, pos, grad, w, absolute, lo, hi)
 
         live = pos[pos >= 0]
-        scores = grad[live] * (1 if w is None else w[live])
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores = grad[live] * (1 if w is None else w[live])
         scores = np.abs(scores) if absolute else scores
         low = np.flatnonzero(scores < lo)
         inside = np.flatnonzero(~(scores < lo) & ~(scores > hi))  # NaN goes to the band
-        assert got[0] == (live.size, int(np.isnan(scores).sum()), int(np.count_nonzero(scores)))
+        small, big = _kernels.normal_range(dtype)
+        magnitude = np.abs(scores)
+        outside = int(((magnitude > big) | ((magnitude < small) & (scores != 0))).sum())
+        assert got[0] == (live.size, int(np.isnan(scores).sum()), int(np.count_nonzero(scores)), outside)
         assert np.array_equal(got[1], live)
         assert np.array_equal(got[2], low) and np.array_equal(got[3], inside)
         assert np.array_equal(got[4], scores[inside], equal_nan=True)
@@ -100,7 +108,7 @@ def test_score_passes_give_what_single_passes_give(variant, dtype, threads):
     single = arguments()
     expected = [_kernels.score_pass(a[0], a[1], a[2], a[3], True, *a[4:]) for a in single]
     assert results == expected
-    for a, b, (n, nb, nc, _, _) in zip(batch, single, expected):
+    for a, b, (n, nb, nc, *_) in zip(batch, single, expected):
         assert np.array_equal(a[0][:n], b[0][:n]) and np.array_equal(a[6][:nb], b[6][:nb])
         assert np.array_equal(a[7][:nc], b[7][:nc]) and np.array_equal(a[8][:nc], b[8][:nc])
 

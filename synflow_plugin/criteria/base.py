@@ -18,6 +18,9 @@ __all__ = ["Criterion", "Inputs", "ScoringState", "primary_output", "flow_output
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+#: Batches read from a ``data=`` without a length before asking for ``num_batches=``.
+MAX_UNSIZED_BATCHES = 1000
+
 
 def primary_output(output: Any) -> torch.Tensor:
     """The tensor a loss is computed on: the output itself, the first element of a
@@ -83,7 +86,29 @@ class Inputs:
                     f"got {type(self.data).__name__}"
                 )
             if iter(self.data) is self.data:  # a one-shot iterator: read it once
-                self._cached = list(itertools.islice(self.data, self.num_batches))
+                self._cached = list(self._bounded(self.data))
+
+    def _bounded(self, source: Iterable) -> Iterator:
+        """The first ``num_batches`` batches of ``source``; without ``num_batches``, all of
+        a source with a length, and a clear error for one without a length (an endless
+        stream such as ``itertools.cycle``) past :data:`MAX_UNSIZED_BATCHES`."""
+        if self.num_batches is not None:
+            yield from itertools.islice(source, self.num_batches)
+            return
+        try:
+            len(source)  # type: ignore[arg-type]
+        except TypeError:
+            sized = False
+        else:
+            sized = True
+        for count, batch in enumerate(source):
+            if not sized and count == MAX_UNSIZED_BATCHES:
+                raise PruningError(
+                    f"data has no length and yielded more than {MAX_UNSIZED_BATCHES} batches; it may be "
+                    "endless (e.g. itertools.cycle). Pass num_batches=<how many batches to score on>; "
+                    "every batch given is used."
+                )
+            yield batch
 
     def call(self, model: nn.Module, args: Any, what: str) -> Any:
         """``model(args)`` with tuples as positional and dicts as keyword arguments;
@@ -118,7 +143,7 @@ class Inputs:
     def batches(self, criterion: str) -> Iterator[tuple[Any, torch.Tensor]]:
         """The labelled batches, checked; raises if there are none."""
         self.require_data(criterion)
-        source = self._cached if self._cached is not None else itertools.islice(self.data, self.num_batches)
+        source = self._cached if self._cached is not None else self._bounded(self.data)
         count = 0
         for batch in source:
             if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
@@ -131,16 +156,47 @@ class Inputs:
         if count == 0:
             raise PruningError(f"{criterion}: data yielded no batches; pass at least one (inputs, targets) batch.")
 
-    def loss(self, output: Any, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    def loss(self, output: Any, targets: Any, temperature: float = 1.0) -> torch.Tensor:
+        """The scalar loss of one batch: ``loss_fn(logits, targets)``, by default
+        cross-entropy over classes, or over tokens for (batch, time, classes) logits
+        with (batch, time) targets. A failure names both shapes and ``loss_fn=``."""
         logits = primary_output(output)
         if temperature != 1.0:
             logits = logits / temperature
-        loss = (self.loss_fn or F.cross_entropy)(logits, targets)
+        try:
+            loss = self.loss_fn(logits, targets) if self.loss_fn is not None else _cross_entropy(logits, targets)
+        except PruningError:
+            raise
+        except Exception as exc:
+            what = (f"loss_fn={getattr(self.loss_fn, '__name__', type(self.loss_fn).__name__)}"
+                    if self.loss_fn is not None else "the default loss (cross-entropy)")
+            raise PruningError(
+                f"{what} failed on the model's output {describe(logits)} and the batch's targets "
+                f"{describe(targets)} ({type(exc).__name__}: {exc}). "
+                + ("Cross-entropy needs class indices in [0, classes) with one per output row; "
+                   "pass loss_fn=<loss(logits, targets)> for other targets."
+                   if self.loss_fn is None else "Check that loss_fn accepts these.")
+            ) from exc
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise PruningError(
                 f"loss_fn should return a scalar tensor, got {describe(loss)}; reduce it, e.g. with .mean()."
             )
         return loss.reshape(())
+
+
+def _cross_entropy(logits: torch.Tensor, targets: Any) -> torch.Tensor:
+    """The default loss: cross-entropy on class indices, per token for sequence outputs."""
+    if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or targets.is_complex():
+        raise PruningError(
+            f"the default loss is cross-entropy on class indices, but the targets are "
+            f"{describe(targets)}. For regression or reconstruction targets pass loss_fn= (e.g. "
+            "torch.nn.functional.mse_loss); for soft labels pass loss_fn=torch.nn.functional.cross_entropy."
+        )
+    if logits.dim() == 3 and targets.dim() == 2 and logits.shape[:2] == targets.shape and (
+        logits.shape[0], logits.shape[2]) != tuple(targets.shape):
+        # (batch, time, classes) logits against (batch, time) targets: a loss per token.
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return F.cross_entropy(logits, targets)
 
 
 def describe(value: Any) -> str:
@@ -178,6 +234,8 @@ class ScoringState:
         inputs: the example inputs / data / loss of the call.
         round: index of the round, starting at 0.
         cache: per-call scratch space of the criterion (e.g. SynFlow's all-ones input).
+        promoted_from: the targets' dtype before :meth:`promote` moved the copy to
+            float64 (None while it has not).
     """
 
     model: nn.Module
@@ -187,10 +245,33 @@ class ScoringState:
     inputs: Inputs
     round: int = 0
     cache: dict = field(default_factory=dict)
+    promoted_from: torch.dtype | None = None
 
     @property
     def device(self) -> torch.device:
         return self.params[0].device
+
+    @property
+    def can_promote(self) -> bool:
+        """Whether :meth:`promote` would widen anything."""
+        return self.promoted_from is None and any(
+            t.dtype != torch.float64 for t in itertools.chain(self.model.parameters(), self.model.buffers())
+            if t.is_floating_point()
+        )
+
+    def promote(self) -> bool:
+        """Move the scoring copy (every floating parameter and buffer) to float64, for
+        the rounds whose scores leave the range of the model's own dtype; ``params`` and
+        ``initial`` follow. Returns False, and changes nothing, when there is nothing to widen."""
+        if not self.can_promote:
+            return False
+        views = [i.data_ptr() == p.data_ptr() for i, p in zip(self.initial, self.params)]
+        self.promoted_from = self.params[0].dtype
+        self.model.to(torch.float64)
+        self.params = [self.model.get_submodule(t.module_name)._parameters[t.name] for t in self.targets]
+        self.initial = [p.detach() if view else i.to(torch.float64)
+                        for i, p, view in zip(self.initial, self.params, views)]
+        return True
 
 
 class Criterion(abc.ABC):
@@ -210,6 +291,10 @@ class Criterion(abc.ABC):
             the target's current (masked) value: the loop multiplies only the survivors,
             which spares a pass over every weight in each round.
         ranks_magnitude: the score is the absolute value, taken on the survivors only.
+        wide_range: the scores are products along paths through the network and can
+            leave the range of the model's dtype (SynFlow): the loop checks every
+            round's ranked scores and, when one is infinite or near the subnormal
+            range, scores the round again on a float64 copy (:meth:`ScoringState.promote`).
     """
 
     name: ClassVar[str]
@@ -218,6 +303,7 @@ class Criterion(abc.ABC):
     revives: ClassVar[bool] = False
     times_weight: ClassVar[bool] = False
     ranks_magnitude: ClassVar[bool] = False
+    wide_range: ClassVar[bool] = False
 
     def prepare(self, state: ScoringState) -> None:
         """Called once on the fresh scoring copy before the first round (e.g. SynFlow

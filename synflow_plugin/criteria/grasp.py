@@ -8,6 +8,9 @@ as the paper, one convention for all criteria. Scores may be negative.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from synflow_plugin.criteria.base import Criterion, ScoringState, to_device
@@ -32,8 +35,9 @@ class GraSPCriterion(Criterion):
     needs_data = True
 
     def __init__(self, *, temperature: float = 200.0) -> None:
-        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
-            raise PruningError(f"temperature={temperature!r} should be a positive number (the paper uses 200)")
+        if (not isinstance(temperature, numbers.Real) or isinstance(temperature, bool)
+                or not math.isfinite(temperature) or temperature <= 0):
+            raise PruningError(f"temperature={temperature!r} should be a positive finite number (the paper uses 200)")
         self.temperature = float(temperature)
 
     def score(self, state: ScoringState) -> list[torch.Tensor]:

@@ -10,6 +10,8 @@ what keeps SynFlow from collapsing layers.
 
 from __future__ import annotations
 
+import itertools
+import math
 import warnings
 
 import torch
@@ -23,8 +25,9 @@ __all__ = ["SynFlowCriterion"]
 _BATCHNORM_MODES = ("eval", "identity")
 
 
-def _all_ones(example_inputs, dtype: torch.dtype, device: torch.device):
-    """An all-ones input shaped like ``example_inputs`` (tensors inside tuples/dicts too)."""
+def _all_ones(example_inputs, dtype: torch.dtype | None, device: torch.device):
+    """An all-ones input shaped like ``example_inputs`` (tensors inside tuples/dicts too),
+    in ``dtype``, or in each tensor's own floating dtype when ``dtype`` is None."""
     if isinstance(example_inputs, torch.Tensor):
         if not (example_inputs.is_floating_point() or example_inputs.is_complex()):
             raise PruningTypeError(
@@ -35,12 +38,36 @@ def _all_ones(example_inputs, dtype: torch.dtype, device: torch.device):
                 "layers behind the embedding by calling the model on float embeddings "
                 "(e.g. a wrapper taking inputs_embeds), or use a data-driven criterion (SNIP)."
             )
-        return torch.ones(example_inputs.shape, dtype=dtype, device=device)
+        return torch.ones(example_inputs.shape, dtype=dtype or example_inputs.dtype, device=device)
     if isinstance(example_inputs, dict):
         return {k: _all_ones(v, dtype, device) for k, v in example_inputs.items()}
     if isinstance(example_inputs, (tuple, list)):
         return type(example_inputs)(_all_ones(v, dtype, device) for v in example_inputs)
     return example_inputs
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The one floating dtype of every parameter and buffer, or None for a mixed model."""
+    dtypes = {t.dtype for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+def _in_range(value: float, dtype: torch.dtype) -> bool:
+    """Whether the flow R is finite and well inside ``dtype``'s normal range: 2^16 away
+    from both ends (2^3 for float16, whose whole range is 2^30)."""
+    info = torch.finfo(dtype)
+    margin = 2.0 ** min(16, math.log2(info.max) // 4)
+    return math.isfinite(value) and info.tiny * margin < abs(value) < info.max / margin
 
 
 class SynFlowCriterion(Criterion):
@@ -52,16 +79,21 @@ class SynFlowCriterion(Criterion):
             skipped while scoring; use it when a zero-initialised BatchNorm weight,
             as in ``zero_init_residual``, blocks all flow through a branch).
 
-    Precision: R grows geometrically with depth (about 18^depth for a width-256
-    ReLU MLP at Kaiming initialisation) and overflows float32 past ~30 layers. The
-    flow is computed in the model's dtype when R stays well inside its range, and
-    in float64 otherwise; the masks are the same up to ties.
+    Precision: R grows or shrinks geometrically with depth (about 18^depth for a
+    width-256 ReLU MLP at Kaiming initialisation) and leaves float32's range past
+    ~30 layers; one tiny layer sends the gradients of the others to infinity. Every
+    round checks R and, in the pruning loop, every ranked score; a round where either
+    leaves the model's dtype's normal range is scored again, and every later round
+    too, on a float64 copy, so that the masks are those of float64. The all-ones input
+    takes the model's dtype when all its floating tensors share one, else each example
+    tensor's own.
     """
 
     name = "synflow"
     default_iterations = 100
     times_weight = True  # score() gives ∂R/∂θ; the score is |θ ⊙ ∂R/∂θ|
     ranks_magnitude = True
+    wide_range = True
 
     def __init__(self, *, batchnorm: str = "eval") -> None:
         if batchnorm not in _BATCHNORM_MODES:
@@ -69,38 +101,41 @@ class SynFlowCriterion(Criterion):
         self.batchnorm = batchnorm
 
     def prepare(self, state: ScoringState) -> None:
-        model = state.model
-        if state.inputs.example_inputs is None:
+        example = state.inputs.example_inputs
+        if example is None:
             raise PruningError(
                 "SynFlow needs example_inputs=<a tensor shaped like one input batch, e.g. "
                 "torch.randn(1, 3, 32, 32)>: only its shape is used, SynFlow feeds ones."
             )
+        empty = [describe(t) for t in _tensors(example) if t.numel() == 0]
+        if empty:
+            raise PruningError(
+                f"SynFlow's example_inputs hold an empty tensor ({empty[0]}): the flow of an empty "
+                "batch is zero. Pass a batch of at least one input, e.g. torch.randn(1, 3, 32, 32)."
+            )
+        _all_ones(example, None, state.device)  # refuses integer inputs before any work
         if self.batchnorm == "identity":
-            _replace_batchnorm(model)
+            _replace_batchnorm(state.model)
         with torch.no_grad():
-            for tensor in list(model.parameters()) + list(model.buffers()):
+            for tensor in itertools.chain(state.model.parameters(), state.model.buffers()):
                 if tensor.is_floating_point():
                     tensor.abs_()
 
-        dtype = state.params[0].dtype
-        flow = self._flow(state, dtype)
-        if not _well_inside(flow, dtype):
-            # Recompute in float64: the network is too deep for the model's dtype.
-            model.to(torch.float64)
-            flow = self._flow(state, torch.float64)
-            if not _well_inside(flow, torch.float64):
-                raise PruningError(
-                    f"the synaptic flow R = {flow:.3g} is outside the range of float64: the "
-                    "network is too deep for SynFlow's all-ones input at this initialisation."
-                )
-
-    def _flow(self, state: ScoringState, dtype: torch.dtype) -> float:
-        state.cache["ones"] = _all_ones(state.inputs.example_inputs, dtype, state.device)
-        with torch.no_grad():
-            return float(self._total_flow(state))
-
     def _total_flow(self, state: ScoringState) -> torch.Tensor:
-        output = state.inputs.call(state.model, state.cache["ones"], "SynFlow's all-ones input")
+        dtype = _model_dtype(state.model)
+        key = ("ones", dtype)
+        if key not in state.cache:
+            state.cache[key] = _all_ones(state.inputs.example_inputs, dtype, state.device)
+        try:
+            output = state.inputs.call(state.model, state.cache[key], "SynFlow's all-ones input")
+        except PruningError as exc:
+            if state.promoted_from is None:
+                raise
+            raise PruningError(
+                f"the synaptic flow leaves the range of {state.promoted_from}, so SynFlow scores "
+                f"in float64, but the model does not run in float64 ({exc}). Remove the "
+                "dtype casts from its forward, or pass a float64 copy of the model."
+            ) from exc
         tensors = flow_outputs(output)
         if not tensors:
             raise PruningError(
@@ -110,15 +145,46 @@ class SynFlowCriterion(Criterion):
 
     def score(self, state: ScoringState) -> list[torch.Tensor]:
         flow = self._total_flow(state)
+        if not _in_range(float(flow.detach()), flow.dtype) and state.promote():
+            flow = self._total_flow(state)
+        value = float(flow.detach())
+        if not _in_range(value, flow.dtype):
+            if not math.isfinite(value):
+                raise PruningError(
+                    f"the synaptic flow R = {value:.3g} is outside the range of {flow.dtype}: the "
+                    "network is too deep for SynFlow's all-ones input at this initialisation."
+                )
+            if value == 0 and state.round == 0:
+                raise PruningError(_no_flow_reason(state))
+            # R == 0 in a later round: the pruning itself has disconnected the network;
+            # every score is zero and the loop prunes by position (and reports the collapse).
         grads = torch.autograd.grad(flow, state.params, allow_unused=True)
         # ∂R/∂θ: the loop forms |θ ⊙ ∂R/∂θ| for the surviving weights only.
         return [torch.zeros_like(p) if g is None else g for p, g in zip(state.params, grads)]
 
 
-def _well_inside(value: float, dtype: torch.dtype) -> bool:
-    info = torch.finfo(dtype)
-    margin = 2.0 ** 16
-    return value == value and info.tiny * margin < abs(value) < info.max / margin
+def _no_flow_reason(state: ScoringState) -> str:
+    """Why the flow R of the scoring copy is zero before any round, as an error message."""
+    empty = [f"'{t.qualified_name}'" for t, p in zip(state.targets, state.params) if not p.detach().any()]
+    if empty:
+        return (
+            f"the synaptic flow of the network is zero: {', '.join(empty)} "
+            f"{'has' if len(empty) == 1 else 'have'} no weight left (pruned before this call), so no "
+            "path from the input reaches the output. Prune a network whose layers all keep weights."
+        )
+    zero = [f"'{name}'" for name, m in state.model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.any()]
+    if zero:
+        return (
+            f"the synaptic flow of the network is zero: the BatchNorm weights of {', '.join(zero)} are "
+            "all zero (e.g. zero_init_residual). Pass batchnorm='identity' to score as if BatchNorm "
+            "were identity."
+        )
+    zero = [f"'{name}'" for name, p in state.model.named_parameters() if p.numel() and not p.detach().any()]
+    return (
+        "the synaptic flow of the network is zero: no path from the input reaches the output"
+        + (f" ({', '.join(zero)} {'is' if len(zero) == 1 else 'are'} all zero)." if zero else ".")
+    )
 
 
 def _replace_batchnorm(model: nn.Module) -> None:

@@ -1,0 +1,268 @@
+"""Reliability: SynFlow exact in float32 at every round, mixed precision, and bad input as clear errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune
+
+from synflow_plugin import SNIP, PruningError, PruningTypeError, SynFlow, compute_masks, compute_scores
+from synflow_plugin import prunable_parameters
+from synflow_plugin.criteria.base import MAX_UNSIZED_BATCHES
+
+
+def plain_mlp(depth, width, dtype=torch.float32, first=1.0, every=1.0, seed=0):
+    """A bias-free ReLU MLP; ``first`` scales the first layer, ``every`` each layer."""
+    torch.manual_seed(seed)
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width, bias=False), nn.ReLU()]
+    model = nn.Sequential(*layers[:-1]).to(dtype)
+    with torch.no_grad():
+        for k, layer in enumerate(m for m in model if isinstance(m, nn.Linear)):
+            layer.weight.mul_(every * (first if k == 0 else 1.0))
+    return model
+
+
+def synflow_masks(model, amount, iterations, width):
+    dtype = next(model.parameters()).dtype
+    return compute_masks(model, prunable_parameters(model), "synflow", amount,
+                         example_inputs=torch.randn(1, width, dtype=dtype), iterations=iterations)
+
+
+# --------------------------------------------------------------------------- precision
+@pytest.mark.parametrize("depth,width,first,every,amount,iterations", [
+    # R is in float32's range, but the first layer's gradients overflow to inf.
+    (60, 128, 1e-30, 1.0, 0.9, 1),
+    # R = 1.7e-28 at the start and underflows to exactly 0 from round 66 in float32.
+    (30, 32, 1.0, 0.04, 0.99, 100),
+])
+def test_synflow_float32_masks_equal_float64_where_float32_fails(depth, width, first, every, amount, iterations):
+    model = plain_mlp(depth, width, first=first, every=every)
+    twin = plain_mlp(depth, width, torch.float64, first=first, every=every)
+    masks = synflow_masks(model, amount, iterations, width)
+    reference = synflow_masks(twin, amount, iterations, width)
+    assert all(int(m.sum()) > 0 for m in reference)  # float64 collapses no layer
+    assert all(torch.equal(a, b) for a, b in zip(masks, reference))
+    assert next(model.parameters()).dtype == torch.float32  # the user's model is not promoted
+
+
+def test_synflow_on_a_healthy_network_stays_in_float32():
+    model = plain_mlp(6, 32)
+    promoted = []
+    from synflow_plugin.criteria.base import ScoringState
+
+    original = ScoringState.promote
+    ScoringState.promote = lambda self: promoted.append(self.round) or original(self)
+    try:
+        synflow_masks(model, 0.99, 20, 32)
+    finally:
+        ScoringState.promote = original
+    assert promoted == []
+
+
+class MixedHead(nn.Module):
+    """A float32 body and a float64 head; the forward casts in between."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 4).double()
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)).double())
+
+
+def test_synflow_mixed_precision_model_with_the_float64_head_listed_first():
+    torch.manual_seed(0)
+    model = MixedHead()
+    params = [(model.head, "weight"), (model.body, "weight")]
+    masks = compute_masks(model, params, "synflow", 0.5, example_inputs=torch.randn(1, 8), iterations=3)
+    assert sum(int(m.sum()) for m in masks) == 192 - 96
+    assert model.head.weight.dtype == torch.float64 and model.body.weight.dtype == torch.float32
+
+
+class HalfNet(nn.Module):
+    """A float16 network whose forward casts its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 4)
+        self.half()
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x.half())))
+
+
+def test_synflow_float16_model_that_casts_its_input():
+    torch.manual_seed(0)
+    model = HalfNet()
+    params = prunable_parameters(model)
+    masks = compute_masks(model, params, "synflow", 0.5, example_inputs=torch.randn(1, 8), iterations=2)
+    assert sum(int(m.sum()) for m in masks) == 96 - 48
+    # Ranking the float16 flow gives the float32 ranking here (small values, no ties).
+    twin = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    twin.load_state_dict({k.replace("fc1", "0").replace("fc2", "2"): v.float() for k, v in model.state_dict().items()})
+    reference = compute_masks(twin, prunable_parameters(twin), "synflow", 0.5,
+                              example_inputs=torch.randn(1, 8), iterations=2)
+    assert sum(int((a != b).sum()) for a, b in zip(masks, reference)) <= 2
+
+
+def test_synflow_says_what_is_wrong_instead_of_too_deep():
+    model = plain_mlp(3, 8)
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("nan")
+    with pytest.raises(PruningError, match=r"parameter '2.weight' holds 1 NaN or infinite value"):
+        synflow_masks(model, 0.5, 1, 8)
+
+    model = plain_mlp(3, 8)
+    with pytest.raises(PruningError, match=r"empty tensor .*shape=\(0, 8\)"):
+        compute_masks(model, prunable_parameters(model), "synflow", 0.5, example_inputs=torch.randn(0, 8))
+
+    prune.l1_unstructured(model[2], "weight", amount=1.0)  # an earlier prune disconnected the net
+    with pytest.raises(PruningError, match=r"'2.weight' has no weight left .*pruned before this call"):
+        synflow_masks(model, 0.5, 1, 8)
+
+
+def test_synflow_overflow_in_float64_is_a_clear_error():
+    model = plain_mlp(4, 8, torch.float64, every=1e120)
+    with pytest.raises(PruningError, match="outside the range of torch.float64"):
+        synflow_masks(model, 0.5, 1, 8)
+
+
+def test_nan_parameters_are_named_for_every_criterion():
+    model = plain_mlp(2, 4)
+    with torch.no_grad():
+        model[0].weight[1, 1] = float("inf")
+    data = [(torch.randn(3, 4), torch.tensor([0, 1, 2]))]
+    for criterion, kwargs in [("snip", {"data": data}), ("magnitude", {}), ("grasp", {"data": data})]:
+        with pytest.raises(PruningError, match=r"'0.weight' holds 1 NaN or infinite"):
+            compute_masks(model, prunable_parameters(model), criterion, 0.5, **kwargs)
+
+
+# --------------------------------------------------------------------------- data and losses
+def classifier():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("labels,match", [
+    (torch.tensor([0, 1, 7, 2]), r"cross-entropy.*targets tensor\(shape=\(4,\).*IndexError.*class indices"),
+    (torch.tensor([0, 1, 2]), r"output tensor\(shape=\(4, 3\).*targets tensor\(shape=\(3,\)"),
+    (torch.randn(4, 3), r"targets are tensor\(shape=\(4, 3\), dtype=torch.float32\).*loss_fn="),
+])
+@pytest.mark.parametrize("criterion", ["snip", "grasp"])
+def test_bad_targets_with_the_default_loss_are_clear_errors(criterion, labels, match):
+    model = classifier()
+    with pytest.raises(PruningError, match=match):
+        compute_masks(model, prunable_parameters(model), criterion, 0.5, data=[(torch.randn(4, 6), labels)])
+
+
+def test_a_failing_loss_fn_is_named():
+    model = classifier()
+
+    def my_loss(logits, targets):
+        raise RuntimeError("shapes disagree")
+
+    with pytest.raises(PruningError, match=r"loss_fn=my_loss failed .*shapes disagree"):
+        compute_masks(model, prunable_parameters(model), "snip", 0.5,
+                      data=[(torch.randn(4, 6), torch.zeros(4, dtype=torch.long))], loss_fn=my_loss)
+
+
+def test_float_targets_run_with_an_explicit_loss_fn():
+    model = classifier()
+    masks = compute_masks(model, prunable_parameters(model), "snip", 0.5,
+                          data=[(torch.randn(4, 6), torch.randn(4, 3))], loss_fn=F.mse_loss)
+    assert sum(int(m.sum()) for m in masks) == 72 - 36
+
+
+class TokenHead(nn.Module):
+    """(batch, time, features) in, (batch, time, vocabulary) logits out."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 7)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_default_loss_on_sequence_outputs_is_cross_entropy_over_tokens():
+    torch.manual_seed(0)
+    model = TokenHead()
+    x, y = torch.randn(2, 4, 5), torch.randint(0, 7, (2, 4))
+    (scores,) = compute_scores(model, [(model.fc, "weight")], "snip", data=[(x, y)])
+    weight = model.fc.weight.detach().clone().requires_grad_(True)
+    loss = F.cross_entropy(F.linear(x, weight, model.fc.bias).reshape(-1, 7), y.reshape(-1))
+    (grad,) = torch.autograd.grad(loss, weight)
+    torch.testing.assert_close(scores, (grad * weight).abs().detach())
+
+
+def test_an_endless_data_stream_needs_num_batches():
+    model = classifier()
+    batch = (torch.randn(4, 6), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(PruningError, match=rf"more than {MAX_UNSIZED_BATCHES} batches.*num_batches="):
+        compute_masks(model, prunable_parameters(model), "snip", 0.5, data=itertools.cycle([batch]))
+    masks = compute_masks(model, prunable_parameters(model), "snip", 0.5,
+                          data=itertools.cycle([batch]), num_batches=3)
+    reference = compute_masks(model, prunable_parameters(model), "snip", 0.5, data=[batch] * 3)
+    assert all(torch.equal(a, b) for a, b in zip(masks, reference))
+
+
+# --------------------------------------------------------------------------- arguments
+def test_numpy_amounts_are_accepted_as_torch_does():
+    model = classifier()
+    params = prunable_parameters(model)
+    x = torch.randn(1, 6)
+    for amount, plain in [(np.int64(20), 20), (np.float32(0.5), 0.5), (np.float64(0.25), 0.25)]:
+        a = compute_masks(model, params, "synflow", amount, example_inputs=x, iterations=2)
+        b = compute_masks(model, params, "synflow", plain, example_inputs=x, iterations=2)
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+    prune.global_unstructured(params, pruning_method=SynFlow, amount=np.int64(10), model=model, example_inputs=x)
+    assert sum(int((m.weight_mask == 0).sum()) for m, _ in params) == 10
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0.5])
+def test_progress_must_be_a_bool_or_none(value):
+    model = classifier()
+    with pytest.raises(PruningTypeError, match=rf"progress={value!r} should be True, False or None"):
+        compute_masks(model, prunable_parameters(model), "magnitude", 0.5, progress=value)
+
+
+@pytest.mark.parametrize("temperature", [float("inf"), float("nan"), 0, -1])
+def test_grasp_temperature_must_be_positive_and_finite(temperature):
+    model = classifier()
+    with pytest.raises(PruningError, match="temperature=.* should be a positive finite number"):
+        compute_masks(model, prunable_parameters(model), "grasp", 0.5, temperature=temperature,
+                      data=[(torch.randn(2, 6), torch.tensor([0, 1]))])
+
+
+class TiedLM(nn.Module):
+    """An output layer that shares its weight with another linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Linear(4, 6, bias=False)
+        self.hidden = nn.Linear(6, 6)
+        self.decoder = nn.Linear(6, 4, bias=False)
+        self.decoder.weight = nn.Parameter(self.encoder.weight.detach().t().contiguous())
+        self.tied = nn.Linear(4, 6, bias=False)
+        self.tied.weight = self.encoder.weight
+
+    def forward(self, x):
+        return self.decoder(torch.relu(self.hidden(self.encoder(x)))) + self.tied(x).sum()
+
+
+def test_a_tied_weight_is_listed_once_and_pruned_once():
+    model = TiedLM()
+    params = prunable_parameters(model)
+    assert [type(m).__name__ for m, _ in params] == ["Linear"] * 3
+    assert params[0][0] is model.encoder and all(m is not model.tied for m, _ in params)
+    prune.global_unstructured(params, pruning_method=SNIP, amount=0.5, model=model,
+                              data=[(torch.randn(3, 4), torch.tensor([0, 1, 3]))])
+    assert sum(int((m.weight_mask == 0).sum()) for m, _ in params) == round(0.5 * (24 + 36 + 24))
