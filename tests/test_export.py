@@ -382,6 +382,142 @@ def test_failed_verification_does_not_touch_an_existing_file(tmp_path):
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.onnx"]
 
 
+def dead_pid() -> int:
+    """The id of a process that has ended (and was reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def leftover(directory, name, pid=None, tag=None, age_s=0.0, files=("m.onnx",)):
+    """A temporary directory as a killed export leaves it (pid=None: the older unnamed form)."""
+    owner = "" if pid is None else f"{pid}@{tag or onnx_export._host_tag()}."
+    tmp = directory / f".{name}.{owner}abcd_123.tmp"
+    tmp.mkdir()
+    for file in files:
+        (tmp / file).write_bytes(b"\0" * 64)
+    if age_s:
+        then = os.path.getmtime(tmp) - age_s
+        for p in [*tmp.iterdir(), tmp]:
+            os.utime(p, (then, then))
+    return tmp
+
+
+def test_a_later_export_removes_what_a_killed_export_left_and_nothing_else(tmp_path):
+    day = onnx_export.STALE_AFTER_S
+    dead, foreign = dead_pid(), "0123abcd" if onnx_export._host_tag() != "0123abcd" else "abcd0123"
+    (tmp_path / "old").mkdir(), (tmp_path / "fresh").mkdir()
+    stale = [
+        leftover(tmp_path, "m.onnx", pid=dead, files=("m.onnx", "m.onnx.data")),  # killed here
+        leftover(tmp_path / "old", "m.onnx", pid=os.getpid(), tag=foreign, age_s=2 * day),  # another machine
+        leftover(tmp_path / "old", "m.onnx", age_s=2 * day),  # an earlier version's name, untouched a day
+    ]
+    kept = [
+        leftover(tmp_path / "fresh", "m.onnx", pid=os.getpid()),  # a live export (this process)
+        leftover(tmp_path / "fresh", "m.onnx", pid=dead, tag=foreign),  # another machine's, recent
+        leftover(tmp_path / "fresh", "m.onnx"),  # unnamed, recent
+        leftover(tmp_path, "other.onnx", pid=dead),  # another target's
+        leftover(tmp_path, "m.onnx.bak", pid=dead),  # a name that only starts like it
+        leftover(tmp_path / "old", "m.onnx", pid=dead, tag=foreign, age_s=2 * day, files=("notes.txt",)),
+    ]
+    symlink = tmp_path / f".m.onnx.{dead}@{onnx_export._host_tag()}.zzzzzzzz.tmp"
+    symlink.symlink_to(tmp_path / "old")  # a link is never followed
+    assert kept[0].name.startswith(onnx_export._temporary_prefix(tmp_path / "m.onnx"))
+
+    result = export_onnx(tiny_mlp(), torch.randn(1, 8), tmp_path / "m.onnx")
+    assert result.path.is_file()
+    assert not stale[0].exists() and stale[0].parent.is_dir()
+    assert sorted(onnx_export.remove_stale_temporaries(tmp_path / "old" / "m.onnx")) == sorted(stale[1:])
+    for directory in (tmp_path / "fresh", tmp_path / "old"):
+        assert onnx_export.remove_stale_temporaries(directory / "m.onnx") == []
+    assert all(k.is_dir() and any(k.iterdir()) for k in kept)
+    assert symlink.is_symlink() and (tmp_path / "old").is_dir()
+
+
+def test_the_directory_of_a_sigkilled_export_is_removed_by_the_next_one(tmp_path):
+    code = textwrap.dedent(
+        f"""
+        import time, torch
+        from onnx import TensorProto, helper
+        from synflow_plugin.export import export_onnx, onnx_export
+        def hang(*args, **kwargs):
+            print("WRITTEN", flush=True)
+            time.sleep(600)
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+        onnx_export._torch_export = lambda *args: (proto, [])  # the file's content does not matter here
+        onnx_export._verify = hang
+        export_onnx(torch.nn.Identity(), torch.randn(1, 8), {str(tmp_path / "m.onnx")!r}, compact=False)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "WRITTEN"
+        (left,) = tmp_path.iterdir()  # written, checked next: the moment a kill leaves it behind
+        assert left.name.startswith(f".m.onnx.{child.pid}@") and (left / "m.onnx").is_file()
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    export_onnx(tiny_mlp(), torch.randn(1, 8), tmp_path / "m.onnx")
+    assert os.listdir(tmp_path) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("where", ["torch.onnx.export", "write", "verify", "place", "interrupt"])
+def test_a_failing_export_leaves_no_temporary_directory_and_no_file(tmp_path, where):
+    path = tmp_path / "m.onnx"
+    boom = RuntimeError("injected")
+    patches = {
+        "torch.onnx.export": mock.patch.object(torch.onnx, "export", side_effect=boom),
+        "write": mock.patch.object(onnx_export.Path, "write_bytes", side_effect=OSError(28, "No space left")),
+        "verify": mock.patch.object(onnx_export, "_verify", side_effect=ExportError("verification failed")),
+        "place": mock.patch.multiple(os, link=mock.DEFAULT, replace=mock.DEFAULT),
+        "interrupt": mock.patch.object(onnx_export, "_verify", side_effect=KeyboardInterrupt),
+    }
+    with patches[where] as patched:
+        if where == "place":
+            for fn in patched.values():
+                fn.side_effect = OSError(5, "Input/output error")
+        expected = KeyboardInterrupt if where == "interrupt" else ExportError
+        with pytest.raises(expected) as info:
+            export_onnx(tiny_mlp(), torch.randn(1, 8), path, compact=False)
+    if where == "torch.onnx.export":
+        assert info.value.__cause__ is boom and "could not be exported" in str(info.value)
+    if where in ("write", "place"):
+        assert isinstance(info.value.__cause__, OSError) and str(path) in str(info.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_opset_version_out_of_range_is_refused_before_export(tmp_path):
+    lowest, highest, default = onnx_export.opset_range()
+    assert lowest <= 18 <= default <= highest == onnx.defs.onnx_opset_version()
+    with mock.patch.object(torch.onnx, "export") as exporter:
+        for bad in (99, highest + 1, lowest - 1, 0):
+            with pytest.raises(PruningError, match=rf"opset_version={bad} .*from {lowest} to {highest}"):
+                export_onnx(tiny_mlp(), torch.randn(1, 8), tmp_path / "m.onnx", opset_version=bad)
+        with pytest.raises(PruningTypeError, match="opset_version should be an int"):
+            export_onnx(tiny_mlp(), torch.randn(1, 8), tmp_path / "m.onnx", opset_version=20.0)
+    exporter.assert_not_called()
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_written_opset_is_the_requested_one_or_nothing_is_written(tmp_path):
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2))
+    x = torch.randn(1, 2, 4, 4)
+    for opset in (17, 22):  # down-converted from 18, and up-converted
+        result = export_onnx(model, x, tmp_path / f"m{opset}.onnx", opset_version=opset, compact=False)
+        written = onnx.load(str(result.path))
+        assert result.opset == opset
+        assert [o.version for o in written.opset_import if o.domain in ("", "ai.onnx")] == [opset]
+    # ONNX's converter has no adapter to take BatchNorm's graph below 16: torch.onnx keeps it at 18
+    with pytest.raises(ExportError, match=r"opset_version=13 was asked for, but .* at opset 18\. ONNX's "
+                                          r"version converter failed: .*opset_version=18 or later") as info:
+        export_onnx(model, x, tmp_path / "m13.onnx", opset_version=13, compact=False)
+    assert info.value.__cause__ is not None
+    assert sorted(os.listdir(tmp_path)) == ["m17.onnx", "m22.onnx"]
+
+
 class DataDependent(nn.Module):
     def __init__(self):
         super().__init__()

@@ -573,6 +573,92 @@ def test_a_model_wrapped_by_another_compressor_is_refused():
         SynFlowPruner(model, GLOBAL, dummy_input=X)
 
 
+class SharedLinear(nn.Module):
+    """One Linear registered as ``a`` and ``b`` and applied twice, then a head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(6, 6)
+        self.b = self.a
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def test_a_module_under_two_names_is_pruned_once_under_its_first():
+    model, x = SharedLinear(), torch.randn(1, 6)
+    config = [{"op_types": ["Linear"], "sparse_ratio": 0.5, "global_group_id": 0}]
+    with pytest.warns(UserWarning, match="'b' is the same module as 'a'.*under the second name"):
+        pruner = SynFlowPruner(model, config, dummy_input=x, iterations=3)
+    _, masks = pruner.compress()
+    assert sorted(masks) == ["a", "head"] and wrapped(model) == ["a", "head"]
+    assert sum(pruned(m["weight"]) for m in masks.values()) == (36 + 18) // 2  # the shared weight counted once
+    reference = SharedLinear()
+    core = compute_masks(reference, [(reference.a, "weight"), (reference.head, "weight")], "synflow", 0.5,
+                         example_inputs=x, iterations=3)
+    assert_same_masks({"SynFlowPruner": weight_masks(masks), "compute_masks": {"a": core[0], "head": core[1]}},
+                      "shared Linear")
+    with torch.no_grad():
+        masked = model(x)
+    pruner.unwrap_model()
+    assert not wrapped(model)
+    with torch.no_grad():  # the mask acts on both uses of the module
+        torch.testing.assert_close(make_permanent(model, masks=masks)(x), masked)
+        torch.testing.assert_close(make_permanent(model, masks={"b": masks["a"], "head": masks["head"]})(x), masked)
+
+
+def test_a_second_name_selected_alone_or_by_another_config_keeps_one_wrapper(recwarn):
+    model = SharedLinear()
+    pruner = MagnitudePruner(model, [{"op_names": ["b"], "sparse_ratio": 0.5}])
+    _, masks = pruner.compress()
+    assert list(masks) == ["b"] and list(pruner._module_wrappers) == ["b"] and pruned(masks["b"]["weight"]) == 18
+    assert not recwarn.list  # nothing was renamed
+
+    model = SharedLinear()
+    config = [{"op_names": ["a"], "sparse_ratio": 0.25}, {"op_names": ["b", "head"], "sparse_ratio": 0.5}]
+    with pytest.warns(UserWarning, match="'b' is the same module as 'a'"):
+        pruner = MagnitudePruner(model, config)
+    _, masks = pruner.compress()
+    # as in NNI when two configs select one module: the first config's setting holds
+    assert sorted(masks) == ["a", "head"] and pruned(masks["a"]["weight"]) == 9
+    assert pruned(masks["head"]["weight"]) == 9
+
+
+def test_update_masks_checks_every_mask_before_installing_any():
+    model = SharedLinear()
+    with pytest.warns(UserWarning, match="same module"):
+        pruner = MagnitudePruner(model, [{"op_types": ["Linear"], "sparse_ratio": 0.5}])
+    _, masks = pruner.compress()
+    ones = {"weight": torch.ones(6, 6)}
+    with pytest.raises(PruningError, match=r"module 'nope', which this pruner does not wrap; it wraps 'a', 'head'"):
+        pruner.update_masks({"a": ones, "nope": ones})
+    with pytest.raises(PruningError, match=r"masks\['b'\]\['weight'\] has shape \(3, 3\).*'a.weight' of shape"):
+        pruner.update_masks({"b": {"weight": torch.ones(3, 3)}})
+    assert torch.equal(pruner.get_masks()["a"]["weight"], masks["a"]["weight"])  # nothing installed
+    pruner.update_masks({"b": ones})  # the second name reaches the one wrapper
+    assert pruned(pruner.get_masks()["a"]["weight"]) == 0
+
+
+def test_speedup_refuses_bad_arguments_before_changing_the_model():
+    model = small_vgg().train()
+    config = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "granularity": "out_channel"}]
+    pruner = MagnitudePruner(model, config)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(PruningError, match=r"does not run on dummy_input \(RuntimeError") as info:
+        speedup_model(model, masks, torch.randn(1, 5, 16, 16))
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(PruningError, match="masks should be a dict .* got list"):
+        speedup_model(model, [masks], X)
+    with pytest.raises(PruningError, match="module\\(s\\) 'features.99', which the VGG model does not have"):
+        complete_masks(model, {**masks, "features.99": masks["features.0"]})
+    after = model.state_dict()
+    assert model.training and all(torch.equal(after[k], before[k]) for k in before)
+
+
 def test_a_tensor_with_a_torch_prune_mask_is_refused():
     model = small_vgg()
     prune.l1_unstructured(model.features[4], "weight", amount=0.5)

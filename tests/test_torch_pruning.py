@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import doctest
 import importlib.util
+import math
 import pickle
 import subprocess
 import sys
+from collections import OrderedDict
 from pathlib import Path
 from unittest import mock
 
@@ -20,11 +22,12 @@ import torch_pruning as tp
 from torch import nn
 
 import synflow_plugin.adapters.torch_pruning as adapter
-from synflow_plugin import PruningError, PruningTypeError, compute_scores, list_criteria
+from synflow_plugin import PruningError, PruningTypeError, ZeroFlowWarning, compute_scores, list_criteria
 from synflow_plugin.adapters.torch_pruning import _channel_scores
 from synflow_plugin.models import create_model
 from synflow_plugin.torch_pruning import (
     IMPORTANCES,
+    NORMALIZERS,
     MagnitudeImportance,
     PaIImportance,
     SNIPImportance,
@@ -387,6 +390,63 @@ def test_a_layer_type_without_a_channel_mapping_is_left_out_with_a_warning():
     with pytest.warns(UserWarning, match="cannot map the element scores of PReLU.weight"):
         scores = with_prelu(group)
     assert_agree(scores, MagnitudeImportance(min_channels=0)(group), "magnitude: with PReLU listed vs without")
+
+
+def mlp_with_a_dead_layer() -> nn.Sequential:
+    """fc0 (4->6) is all zeros, so its group's root scores are zero; fc1 (6->5) is not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict(fc0=nn.Linear(4, 6), relu0=nn.ReLU(), fc1=nn.Linear(6, 5), relu1=nn.ReLU(),
+                                      out=nn.Linear(5, 3)))
+    with torch.no_grad():
+        model.fc0.weight.zero_()
+    return model
+
+
+@pytest.mark.parametrize("normalizer", NORMALIZERS)
+def test_an_all_zero_group_scores_zeros_under_every_normalizer(normalizer):
+    model, x = mlp_with_a_dead_layer(), torch.randn(1, 4)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    dead = graph.get_pruning_group(model.fc0, tp.prune_linear_out_channels, list(range(6)))
+    alive = graph.get_pruning_group(model.fc1, tp.prune_linear_out_channels, list(range(5)))
+    importance = MagnitudeImportance(group_reduction="first", normalizer=normalizer, min_channels=0)
+    with pytest.warns(ZeroFlowWarning, match=r"every channel score of the group of 'fc0' \(Linear\) is zero"):
+        scores = importance(dead)
+    assert torch.equal(scores, torch.zeros(6, dtype=torch.float64))
+    assert torch.isfinite(importance(alive)).all() and importance(alive).any()
+    with pytest.warns(ZeroFlowWarning, match="keeps its first 1 channel"):
+        protected = MagnitudeImportance(group_reduction="first", normalizer=normalizer)(dead)
+    assert protected.tolist() == [math.inf] + [0.0] * 5  # ties keep the first channel
+
+    one = nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 3))  # gaussian of one channel: no NaN std
+    group = tp.DependencyGraph().build_dependency(one, example_inputs=x).get_pruning_group(
+        one[0], tp.prune_linear_out_channels, [0])
+    assert torch.isfinite(MagnitudeImportance(normalizer=normalizer, min_channels=0)(group)).all()
+
+
+@pytest.mark.parametrize("normalizer", ["mean", "max", "sum"])
+def test_global_pruning_empties_an_all_zero_group_first_and_keeps_its_first_channel(normalizer):
+    model, x = mlp_with_a_dead_layer(), torch.randn(1, 4)
+    fc1 = model.fc1.weight.detach().clone()
+    importance = MagnitudeImportance(group_reduction="first", normalizer=normalizer)
+    pruner = tp.pruner.MetaPruner(model, x, importance=importance, pruning_ratio=0.5, global_pruning=True,
+                                  ignored_layers=[model.out])
+    with pytest.warns(ZeroFlowWarning, match="'fc0'"):
+        pruner.step()
+    # 11 channels, 6 go: the five tied zeros of fc0 and fc1's weakest channel
+    assert (model.fc0.out_features, model.fc1.out_features) == (1, 4)
+    strongest = fc1.abs().sum(1).argsort()[1:].sort().values
+    torch.testing.assert_close(model.fc1.weight.detach(), fc1[strongest][:, :1])  # fc0's channel 0 stayed
+    assert check_pruned(pruner, warn=False) == 0 and model(x).shape == (1, 3)
+
+
+def test_a_normalizer_that_returns_nan_is_an_error():
+    model, x = mlp_with_a_dead_layer(), torch.randn(1, 4)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    group = graph.get_pruning_group(model.fc1, tp.prune_linear_out_channels, list(range(5)))
+    with pytest.raises(PruningError, match=r"normalizer <lambda> returned NaN for the group of 'fc1'"):
+        MagnitudeImportance(normalizer=lambda s: s / 0 * 0)(group)
+    with pytest.raises(PruningTypeError, match="returned shape \\(1,\\)"):
+        MagnitudeImportance(normalizer=lambda s: s[:1])(group)
 
 
 def test_importance_pickles_after_use():

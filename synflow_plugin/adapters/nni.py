@@ -65,6 +65,16 @@ Config keys, as NNI defines them:
 Anything that cannot be honoured raises :class:`~synflow_plugin.errors.PruningError`
 naming the key, never a silent fallback.
 
+A module registered under several names (``model.b = model.a``, a block used twice)
+is one set of weights, and NNI cannot wrap it twice (its own pruners stop with a bare
+``AssertionError``). Here it is wrapped and pruned once, under the first of its
+selected names in ``model.named_modules()`` order (or the name another compressor's
+wrapper already uses), and a ``UserWarning`` names the names dropped. Its mask acts on
+every use of the module and is returned under that one name, because NNI's own
+``update_masks`` and ``ModelSpeedup`` know no second name; this pruner's
+``update_masks`` and :func:`synflow_plugin.export.make_permanent` /
+``apply_masks`` accept any of its names.
+
 Data-driven pruners (SNIP, GraSP, IterSNIP, FORCE) take NNI's ``evaluator`` (a
 ``TorchEvaluator``, as NNI's TaylorPruner) and read their ``(inputs, targets)``
 batches from it: the evaluator's training function runs until ``num_batches``
@@ -566,6 +576,7 @@ class PaIPruner(Pruner):
                     f"pruner with {caller}.from_compressor(other, config_list, ...)."
                 )
         _check_config_list(model, config_list, caller)
+        config_list = _merge_aliases(model, config_list, existed_wrappers, caller)
 
         self.dummy_input = dummy_input
         self.num_batches = num_batches
@@ -704,6 +715,47 @@ class PaIPruner(Pruner):
 
     def _fuse_postprocess(self, evaluator: Evaluator) -> None:
         pass
+
+    def update_masks(self, masks: Mapping[str, Mapping[str, torch.Tensor | None]]) -> None:
+        """Install ``masks`` (``{module_name: {target_name: mask}}``) in the wrappers, as
+        NNI's ``Pruner.update_masks``, after checking all of them: a module this pruner
+        does not wrap is a :class:`PruningError` (NNI's own method would fail with a bare
+        ``KeyError`` after installing the masks before it), and any name of a module
+        registered under several names addresses that module's one wrapper.
+        Targets that are not configured are ignored with NNI's warning.
+        """
+        caller = f"{type(self).__name__}.update_masks()"
+        _check_mask_format(masks, caller)
+        wrapper_of = {id(w.module): name for name, w in self._module_wrappers.items()}
+        modules = dict(self.bound_model.named_modules(remove_duplicate=False))
+        resolved: dict[str, dict[str, torch.Tensor | None]] = {}
+        for module_name, per_target in masks.items():
+            name = module_name if module_name in self._module_wrappers else wrapper_of.get(
+                id(modules[module_name]) if module_name in modules else None)
+            if name is None:
+                raise PruningError(
+                    f"{caller}: masks name module {module_name!r}, which this pruner does not wrap; it wraps "
+                    f"{', '.join(repr(n) for n in sorted(self._module_wrappers)) or 'nothing'}. Masks must come from "
+                    "this pruner's config_list."
+                )
+            for target_name, mask in per_target.items():
+                if mask is not None and not isinstance(mask, torch.Tensor):
+                    raise PruningTypeError(
+                        f"{caller}: masks[{module_name!r}][{target_name!r}] should be a tensor or None, got "
+                        f"{type(mask).__name__}"
+                    )
+                space = self._module_wrappers[name].pruning_target_spaces.get(target_name)
+                target = getattr(space, "target", None)
+                if mask is not None and isinstance(target, torch.Tensor):
+                    try:
+                        torch.broadcast_shapes(mask.shape, target.shape)
+                    except RuntimeError as exc:
+                        raise PruningError(
+                            f"{caller}: masks[{module_name!r}][{target_name!r}] has shape {tuple(mask.shape)}, "
+                            f"which does not fit '{name}.{target_name}' of shape {tuple(target.shape)}."
+                        ) from exc
+                resolved.setdefault(name, {})[target_name] = mask
+        super().update_masks(resolved)
 
     def compress(self, max_steps: int | None = None, max_epochs: int | None = None):
         """Compute and install the masks.
@@ -916,6 +968,57 @@ class PaIPruner(Pruner):
                              for b in range(blocks)]
             plan.groups.append(_Group(label, group_members, count * blocks, ratio))
         return plan
+
+
+def _merge_aliases(model: nn.Module, config_list: list[dict], existed_wrappers: Mapping[str, ModuleWrapper] | None,
+                   caller: str) -> list[dict]:
+    """``config_list`` with every module that is registered under several names (``model.b
+    = model.a``, a block used twice) selected under one name only.
+
+    NNI selects by name and wraps each selected name, and a module cannot be wrapped
+    twice. The name kept is the one an existing wrapper uses (``from_compressor``), else
+    the first of the selected names in ``model.named_modules()`` order. Configs that
+    select no second name are returned unchanged; the others select the same modules by
+    ``op_names``. Warns when a selected name is dropped: its mask is under the kept name.
+    """
+    names_of: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(module), []).append(name)
+    if all(len(names) == 1 for names in names_of.values()):
+        return config_list
+    order = {name: i for i, (name, _) in enumerate(model.named_modules(remove_duplicate=False))}
+    ident = {name: key for key, names in names_of.items() for name in names}
+    configs = trans_legacy_config_list(copy.deepcopy(list(config_list)))
+    selections = [select_modules_by_config(model, c)[0] if any(k in c for k in ("op_types", "op_names", "op_names_re"))
+                  else {} for c in configs]
+    chosen: dict[int, set[str]] = {}
+    for selected in selections:
+        for name in selected:
+            chosen.setdefault(ident[name], set()).add(name)
+    wrapper_names = {id(w.module): name for name, w in (existed_wrappers or {}).items()}
+    home = {key: wrapper_names.get(key, min(names, key=order.__getitem__)) for key, names in chosen.items()
+            if len(names) > 1 or wrapper_names.get(key, next(iter(names))) not in names}
+    if not home:
+        return config_list
+    merged = []
+    for config, selected in zip(configs, selections):
+        if not any(ident[n] in home and home[ident[n]] != n for n in selected):
+            merged.append(config)
+            continue
+        names = {home.get(ident[n], n) for n in selected}
+        rewritten = {k: v for k, v in config.items() if k not in _SELECTION_KEYS}
+        rewritten["op_names"] = sorted(names, key=order.__getitem__)
+        merged.append(rewritten)
+    pairs = sorted({(n, home[ident[n]]) for selected in selections for n in selected
+                    if ident[n] in home and home[ident[n]] != n}, key=lambda p: order[p[0]])
+    warnings.warn(
+        f"{caller}: {', '.join(f'{a!r} is the same module as {b!r}' for a, b in pairs)}; each such module "
+        "is pruned once and its mask is given under the second name (the mask acts wherever the module "
+        "is used). Exclude the first name with exclude_op_names to silence this.",
+        UserWarning,
+        stacklevel=4,
+    )
+    return merged
 
 
 def _check_config_list(model: nn.Module, config_list: Any, caller: str) -> None:
@@ -1169,6 +1272,7 @@ def complete_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tens
     Returns:
         A new dict; the given masks are not changed.
     """
+    _check_mask_names(model, masks, "complete_masks()")
     graph = graph if graph is not None else _trace(model, "complete_masks()")
     modules = dict(graph.named_modules())
     outputs = _output_layers(graph)
@@ -1199,6 +1303,30 @@ def complete_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tens
             ):
                 frontier.extend(user.users)
     return full
+
+
+def _check_mask_format(masks: Any, caller: str) -> None:
+    bad = None if isinstance(masks, Mapping) else type(masks).__name__
+    if bad is None:
+        bad = next((f"masks[{k!r}] is a {type(v).__name__}" for k, v in masks.items() if not isinstance(v, Mapping)),
+                   None)
+    if bad is not None:
+        raise PruningTypeError(
+            f"{caller}: masks should be a dict {{module_name: {{'weight': mask, 'bias': mask}}}} as "
+            f"pruner.compress() returns, got {bad}"
+        )
+
+
+def _check_mask_names(model: nn.Module, masks: Any, caller: str) -> None:
+    _check_mask_format(masks, caller)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    unknown = [name for name in masks if name not in modules]
+    if unknown:
+        raise PruningError(
+            f"{caller}: masks name module(s) {', '.join(repr(n) for n in unknown[:3])}, which the "
+            f"{type(model).__name__} model does not have; masks must come from this model, after "
+            "pruner.unwrap_model()."
+        )
 
 
 def _trace(model: nn.Module, caller: str) -> torch.fx.GraphModule:
@@ -1244,8 +1372,25 @@ def speedup_model(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tenso
         warnings.filterwarnings("ignore", message=".*pytree.*")
         from nni.compression.speedup import ModelSpeedup
 
-    _check_unwrapped(model, "speedup_model()")
-    graph = _trace(model, "speedup_model()")
+    caller = "speedup_model()"
+    _check_unwrapped(model, caller)
+    _check_mask_names(model, masks, caller)
+    # as NNI reads dummy_input: a tensor, or a list/tuple/dict of the positional arguments
+    inputs = (tuple(dummy_input.values()) if isinstance(dummy_input, dict) else tuple(dummy_input)
+              if isinstance(dummy_input, (list, tuple)) else (dummy_input,))
+    modes = [(m, m.training) for m in model.modules()]
+    try:  # a bad input fails here, before the model is changed, not deep inside NNI
+        with torch.no_grad():
+            model.eval()(*inputs)  # eval: BatchNorm statistics stay as they are
+    except Exception as exc:
+        raise PruningError(
+            f"{caller}: the {type(model).__name__} model does not run on dummy_input ({type(exc).__name__}: "
+            f"{str(exc).strip()[:300]}); pass an input model(dummy_input) accepts, e.g. one batch of the data."
+        ) from exc
+    finally:
+        for module, training in modes:
+            module.training = training
+    graph = _trace(model, caller)
     outputs = _output_layers(graph) & set(masks)
     full = complete_masks(model, {n: m for n, m in masks.items() if n not in outputs}, graph=graph)
     rows = {}
@@ -1262,8 +1407,15 @@ def speedup_model(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tenso
     apply_masks(model, full, caller="speedup_model()")
     training = model.training
     # NNI logs every node at INFO; its messages go to this module's logger (silent unless configured).
-    ModelSpeedup(model, dummy_input, {n: m for n, m in full.items() if n not in outputs},
-                 graph_module=graph, logger=_logger).speedup_model()
+    try:
+        ModelSpeedup(model, dummy_input, {n: m for n, m in full.items() if n not in outputs},
+                     graph_module=graph, logger=_logger).speedup_model()
+    except Exception as exc:
+        raise PruningError(
+            f"{caller}: NNI's ModelSpeedup failed ({type(exc).__name__}: {str(exc).strip()[:300]}). The masks "
+            f"are already applied to the {type(model).__name__} model and NNI may have replaced some of its "
+            "layers: rebuild it before using it again. The full error is chained below."
+        ) from exc
     with torch.no_grad():
         for name, dead in rows.items():
             if dead is None:

@@ -91,7 +91,7 @@ from torch import nn
 
 from synflow_plugin.criteria import Criterion, Inputs, get_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
-from synflow_plugin.masking import compute_scores
+from synflow_plugin.masking import ZeroFlowWarning, compute_scores
 
 __all__ = [
     # base class
@@ -153,7 +153,11 @@ class PaIImportance(tp.importance.Importance):
             means (SynFlow's flow is conserved across layers, so its raw channel scores
             compare across layers); torch-pruning's own importances default to
             ``"mean"``, which equalises groups instead. GraSP scores can be negative:
-            ``"mean"``/``"sum"``/``"max"`` may then flip a group's order.
+            ``"mean"``/``"sum"``/``"max"`` may then flip a group's order. A group whose
+            scores are all zero stays all zero under every normalizer (torch-pruning's
+            own importances give it NaN, which its pruner ranks arbitrarily) and is
+            reported once with a :class:`~synflow_plugin.ZeroFlowWarning`; a callable
+            that returns NaN is an error.
         target_types: layer types whose element scores count (default: conv and
             linear). Add ``nn.modules.batchnorm._BatchNorm`` to include BatchNorm's
             affine weight.
@@ -253,6 +257,7 @@ class PaIImportance(tp.importance.Importance):
         self.model = model
         self._cache: tuple | None = None
         self._warned: set[type] = set()
+        self._warned_zero: set[str] = set()
 
     def __repr__(self) -> str:
         return (
@@ -293,9 +298,13 @@ class PaIImportance(tp.importance.Importance):
                                                        device=channels.device))
         if not local_scores:
             return None
-        importance = self._normalize(self._reduce(local_scores, local_positions, length))
+        importance = self._reduce(local_scores, local_positions, length)
+        if length and not importance.any():
+            self._warn_all_zero(group, graph)
+        importance = self._normalize(importance, group, graph)
         if self.min_channels and length:
-            best = torch.topk(importance, min(self.min_channels, length)).indices
+            # a stable sort: among tied channels (an all-zero group) the first ones are kept
+            best = torch.argsort(importance, descending=True, stable=True)[: min(self.min_channels, length)]
             importance[best] = math.inf
         return importance
 
@@ -398,21 +407,59 @@ class PaIImportance(tp.importance.Importance):
             total /= len(scores)
         return total
 
-    def _normalize(self, scores: torch.Tensor) -> torch.Tensor:
+    def _normalize(self, scores: torch.Tensor, group: Any = None, graph: Any = None) -> torch.Tensor:
+        """``scores`` rescaled by ``normalizer``; never NaN.
+
+        ``"sum"``, ``"mean"`` and ``"max"`` divide by that statistic, except where it is
+        zero (an all-zero group, or signed GraSP scores that cancel): there torch-pruning
+        divides 0 by 0, and its pruner ranks the resulting NaN arbitrarily; here the
+        scores stay as they are, so an all-zero group normalises to zeros. ``"gaussian"``
+        of a one-channel group is 0 (torch-pruning: the NaN standard deviation of one value).
+        """
         how = self.normalizer
         if how is None:
             return scores
         if callable(how):
-            return how(scores)
-        if how == "sum":
-            return scores / scores.sum()
-        if how == "mean":
-            return scores / scores.mean()
-        if how == "max":
-            return scores / scores.max()
+            return self._checked_normalizer(how(scores), scores, group, graph)
+        if how in ("sum", "mean", "max"):
+            scale = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax}[how](scores)
+            return scores / scale if scale != 0 else scores.clone()
         if how == "standarization":
             return (scores - scores.min()) / (scores.max() - scores.min() + 1e-8)
-        return (scores - scores.mean()) / (scores.std() + 1e-8)  # gaussian
+        spread = scores.std() if scores.numel() > 1 else scores.new_zeros(())
+        return (scores - scores.mean()) / (spread + 1e-8)  # gaussian
+
+    def _checked_normalizer(self, result: Any, scores: torch.Tensor, group: Any, graph: Any) -> torch.Tensor:
+        caller, name = type(self).__name__, getattr(self.normalizer, "__name__", repr(self.normalizer))
+        if not isinstance(result, torch.Tensor) or result.shape != scores.shape:
+            got = f"shape {tuple(result.shape)}" if isinstance(result, torch.Tensor) else type(result).__name__
+            raise PruningTypeError(
+                f"{caller}: normalizer {name} returned {got} for the group of {_group_label(group, graph)}; "
+                f"it should return a tensor of the {scores.numel()} channel scores it was given."
+            )
+        if torch.isnan(result).any():
+            raise PruningError(
+                f"{caller}: normalizer {name} returned NaN for the group of {_group_label(group, graph)} "
+                f"(channel scores {_preview(scores)}); torch-pruning would rank NaN arbitrarily. Make it "
+                "handle a group whose scores are all zero, or use a named normalizer."
+            )
+        return result.to(scores.dtype)
+
+    def _warn_all_zero(self, group: Any, graph: Any) -> None:
+        label = _group_label(group, graph)
+        warned = self.__dict__.setdefault("_warned_zero", set())
+        if label in warned:
+            return
+        warned.add(label)
+        keeps = (f"it keeps its first {self.min_channels} channel(s) (min_channels) and the rest tie for removal"
+                 if self.min_channels else "all its channels tie for removal")
+        warnings.warn(
+            f"{type(self).__name__}: every channel score of the group of {label} is zero ({self._criterion.name} "
+            f"sees nothing there: zero weights, or no flow or gradient reaching them), so {keeps}. Check that "
+            "layer's weights, or leave it out with torch-pruning's ignored_layers.",
+            ZeroFlowWarning,
+            stacklevel=3,
+        )
 
     def _warn_unsupported(self, module: nn.Module, name: str, direction: str) -> None:
         if type(module) in self._warned:
@@ -429,6 +476,23 @@ class PaIImportance(tp.importance.Importance):
 # ---------------------------------------------------------------------------- helpers
 def _graph_of(group: Any) -> Any:
     return getattr(group, "_DG", None)
+
+
+def _group_label(group: Any, graph: Any) -> str:
+    """The group's root layer, as ``'name' (Type)``."""
+    try:
+        module = group[0].dep.target.module
+    except (AttributeError, IndexError, TypeError):
+        return "a group"
+    name = getattr(graph, "_module2name", {}).get(module)
+    if name is None:
+        name = getattr(group[0].dep.target, "_name", None)
+    return f"'{name}' ({type(module).__name__})" if name else type(module).__name__
+
+
+def _preview(scores: torch.Tensor, count: int = 4) -> str:
+    values = ", ".join(f"{v:.3g}" for v in scores.flatten()[:count].tolist())
+    return f"[{values}{', ...' if scores.numel() > count else ''}]"
 
 
 def _direction(dep: Any, graph: Any) -> str | None:

@@ -29,6 +29,8 @@ from synflow_plugin.export.onnx_export import (
     ExportResult,
     densify_sparse_initializers,
     export_onnx,
+    opset_range,
+    remove_stale_temporaries,
     to_sparse_initializers,
 )
 from synflow_plugin.export.permanent import apply_masks, has_pruning_hooks, make_permanent
@@ -48,6 +50,8 @@ __all__ = [
     "channel_counts",
     "to_sparse_initializers",
     "densify_sparse_initializers",
+    "opset_range",
+    "remove_stale_temporaries",
     # analysis
     "count_macs",
     "onnx_model_stats",

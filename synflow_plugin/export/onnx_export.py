@@ -11,16 +11,24 @@
 
 The file is written into a temporary directory beside ``path`` and renamed into
 place only after it passed every check, so a failure leaves no file behind and an
-existing file is replaced only with ``overwrite=True``.
+existing file is replaced only with ``overwrite=True``. The directory's name records
+its owner (``.<name>.<pid>@<host tag>.<random>.tmp``), so that the directory a killed
+export left behind is removed by the next export to the same path (see
+:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +58,8 @@ __all__ = [
     "to_sparse_initializers",
     "densify_sparse_initializers",
     "MAX_IR_VERSION",
+    "opset_range",
+    "remove_stale_temporaries",
 ]
 
 #: Highest ONNX IR version written: onnxruntime 1.31 loads IR 10 (ONNX 1.16/1.17) files.
@@ -57,6 +67,11 @@ MAX_IR_VERSION = 10
 #: Above this many bytes of weights, tensors go to a ``<path>.data`` side file
 #: (protobuf cannot serialise a message of 2 GiB or more).
 SINGLE_FILE_LIMIT = 2**31 - 2**26
+_log = logging.getLogger(__name__)
+#: A temporary export directory whose owner cannot be checked (made on another machine,
+#: before a reboot, or by a version that did not record its owner) counts as abandoned
+#: once nothing in it has changed for this many seconds.
+STALE_AFTER_S = 24 * 3600
 
 
 @dataclass
@@ -163,32 +178,122 @@ def _first_line(exc: BaseException) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+#: Loggers whose warnings are about an opset conversion that export_onnx() checks itself.
+_CONVERTER_LOGGERS = ("onnxscript.version_converter", "torch.onnx._internal.exporter._compat")
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
     """Silence the exporter's progress lines and host-library chatter (not real problems):
-    'torchvision is not installed' registry warnings and pytree deprecation warnings."""
+    'torchvision is not installed' registry warnings and pytree deprecation warnings.
+
+    Yields the warnings of the opset converter, collected instead of printed: whether
+    the requested opset was written is checked on the result, and they explain why not.
+    """
     logger = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    collect = _Collect()
+    converters = [logging.getLogger(name) for name in _CONVERTER_LOGGERS]
+    saved = [(c.propagate, c.level) for c in converters]
+    for c in converters:
+        c.addHandler(collect)
+        c.propagate = False
+        c.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            yield
+            yield collect.records
     finally:
         logger.setLevel(level)
+        for c, (propagate, old_level) in zip(converters, saved):
+            c.removeHandler(collect)
+            c.propagate = propagate
+            c.setLevel(old_level)
 
 
 def _torch_export(model: nn.Module, inputs: tuple, opset_version: int | None, dynamic_batch: bool):
+    """``(model_proto, converter warnings)`` from torch.onnx's dynamo exporter."""
     kwargs: dict[str, Any] = dict(dynamo=True, verbose=False, optimize=True, external_data=False)
     if opset_version is not None:
         kwargs["opset_version"] = opset_version
     if dynamic_batch:
         batch = torch.export.Dim.DYNAMIC
         kwargs["dynamic_shapes"] = tuple({0: batch} if t.dim() >= 1 else None for t in inputs)
-    with _quiet_exporter():
+    with _quiet_exporter() as notes:
         program = torch.onnx.export(model, inputs, **kwargs)
-        return program.model_proto
+        return program.model_proto, list(notes)
+
+
+def opset_range() -> tuple[int, int, int]:
+    """``(lowest, highest, default)`` ``opset_version`` that :func:`export_onnx` accepts here.
+
+    The lowest is torch.onnx's (7); the highest is the newest opset the installed onnx
+    package defines (28 with onnx 1.23), the last one its version converter can
+    target; the default is what torch.onnx writes for ``opset_version=None`` (20 with
+    torch 2.13). The dynamo exporter builds every graph at opset 18 or later and
+    converts it to the requested opset: upwards within this range it succeeds, while
+    below 18 ONNX's converter lacks adapters for some operators (for a convolution
+    with BatchNorm, for instance, nothing below 16), and :func:`export_onnx` then
+    raises instead of writing a file of another opset.
+    """
+    try:
+        from torch.onnx import _constants
+    except ImportError:  # pragma: no cover - torch moved its constants
+        _constants = None
+    lowest = getattr(_constants, "ONNX_MIN_OPSET", 7)
+    default = getattr(_constants, "ONNX_DEFAULT_OPSET", 20)
+    onnx, _ = require_onnx("opset_range()", exporter=False)
+    return lowest, int(onnx.defs.onnx_opset_version()), default
+
+
+def _check_opset(opset_version: int | None, caller: str) -> None:
+    if opset_version is None:
+        return
+    lowest, highest, default = opset_range()
+    if not lowest <= opset_version <= highest:
+        raise PruningError(
+            f"{caller}: opset_version={opset_version} is not an ONNX opset this installation can write; "
+            f"expected an int from {lowest} to {highest} (torch.onnx's lowest to the newest that onnx "
+            f"{_onnx_version()} defines; from 18 on no down-conversion is needed), or None for the "
+            f"default ({default})."
+        )
+
+
+def _onnx_version() -> str:
+    onnx, _ = require_onnx("opset_range()", exporter=False)
+    return onnx.__version__
+
+
+def _opset_mismatch(requested: int, written: int, notes: list[logging.LogRecord], model_name: str,
+                    caller: str) -> ExportError:
+    reason, cause = "", None
+    for record in reversed(notes):  # the converter's failure comes last, with the cause attached
+        if record.exc_info and record.exc_info[1] is not None:
+            cause = record.exc_info[1]
+            reason = f" ONNX's version converter failed: {_first_line(cause)}."
+            break
+    if requested < 18 <= written:
+        hint = ("torch.onnx builds graphs at opset 18 or later and could not convert this one down; pass "
+                "opset_version=18 or later (or None), or convert the file with an older exporter.")
+    else:
+        hint = "pass another opset_version, or None for the exporter's default."
+    error = ExportError(
+        f"{caller}: opset_version={requested} was asked for, but torch.onnx produced the graph of "
+        f"{model_name} at opset {written}.{reason} Nothing was written: {hint}"
+    )
+    error.__cause__ = cause
+    return error
 
 
 def _session(ort, path: Path, threads: int = 1):
@@ -273,12 +378,141 @@ def _resolve_compact(compact: bool | None, model: nn.Module, caller: str) -> boo
     return True
 
 
+# --------------------------------------------------------------------------- temporary directories
+@functools.lru_cache(maxsize=1)
+def _host_tag() -> str:
+    """8 hex digits naming this machine, boot and pid namespace: a pid recorded under
+    another tag cannot be checked from here (it may belong to another container)."""
+    parts = [socket.gethostname()]
+    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                 lambda: str(os.stat("/proc/self/ns/pid").st_ino)):
+        try:
+            parts.append(read())
+        except OSError:
+            pass
+    return hashlib.sha1("|".join(parts).encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}@{_host_tag()}."
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what killed exports to ``path`` left behind; returns the removed directories.
+
+    :func:`export_onnx` writes into a hidden directory ``.<name>.<pid>@<tag>.<random>.tmp``
+    beside ``path`` and removes it when it finishes, also on any error; only a killed
+    process (SIGKILL, a power cut) leaves one, holding up to a model's size. Every export
+    calls this before it writes. A directory is removed only if all of these hold:
+
+    * its name is that of a temporary directory of exactly this ``path`` (another
+      file's are never touched) and it is a real directory, not a link, of this user;
+    * it holds nothing but regular files named ``<name>`` or ``<name>.data``, what an
+      export writes there;
+    * its owner is gone: the process id in its name no longer exists on this machine
+      (same host, boot and pid namespace, on a system where ``os.kill(pid, 0)`` asks
+      without harm); or, where that cannot be checked (another machine, an earlier
+      boot, Windows, a name without a pid from an earlier version), nothing in it
+      changed for :data:`STALE_AFTER_S` seconds (a day).
+
+    A live export, in this process or another one, is never disturbed. A process id
+    reused by an unrelated process keeps its directory until that process ends.
+    """
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise PruningTypeError(
+            f"remove_stale_temporaries(): path should be a str or os.PathLike naming the exported file, "
+            f"got {type(path).__name__}"
+        )
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)@([0-9a-f]{{8}})\.)?[a-z0-9_]{{8}}\.tmp")
+    allowed = {path.name, path.name + ".data"}
+    parent = path.parent if str(path.parent) else Path(".")
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not entry.is_dir(follow_symlinks=False) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+                continue
+            newest = info.st_mtime
+            contents = list(os.scandir(entry.path))
+            if any(c.name not in allowed or not c.is_file(follow_symlinks=False) for c in contents):
+                continue
+            newest = max([newest] + [c.stat(follow_symlinks=False).st_mtime for c in contents])
+        except OSError:
+            continue
+        pid, tag = match.group(1), match.group(2)
+        if pid is not None and tag == _host_tag() and os.name == "posix":
+            gone = int(pid) != os.getpid() and not _process_alive(int(pid))
+        else:
+            gone = now - newest > STALE_AFTER_S
+        if gone:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            if not os.path.lexists(entry.path):
+                removed.append(Path(entry.path))
+                _log.info("removed %s, left by an export that did not finish", entry.path)
+    return removed
+
+
+def _fsync(file: Path) -> None:
+    """Flush ``file`` to disk, so that a crash after the rename cannot leave it empty."""
+    try:
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+    except OSError:
+        pass
+
+
 def _place(tmp_file: Path, tmp_data: Path | None, path: Path, data_path: Path | None, overwrite: bool, caller: str):
-    if not overwrite and (path.exists() or (data_path is not None and data_path.exists())):
-        raise PruningError(f"{caller}: '{path}' appeared while exporting; pass overwrite=True to replace it.")
-    if tmp_data is not None and data_path is not None:
-        os.replace(tmp_data, data_path)
-    os.replace(tmp_file, path)
+    """Move the checked files into place: the side file first, the model last, so that a
+    model file never exists without its data. Without ``overwrite`` each move is a hard
+    link, which fails rather than replaces a file that appeared in the meantime (where
+    the file system has no hard links, a check just before the rename has to do)."""
+    moves = ([(tmp_data, data_path)] if tmp_data is not None and data_path is not None else []) + [(tmp_file, path)]
+    placed: list[Path] = []
+    try:
+        for source, target in moves:
+            if not overwrite:
+                try:
+                    os.link(source, target)
+                    placed.append(target)
+                    continue
+                except FileExistsError:
+                    raise PruningError(
+                        f"{caller}: '{target}' appeared while exporting; pass overwrite=True to replace it."
+                    ) from None
+                except OSError:
+                    if os.path.lexists(target):
+                        raise PruningError(
+                            f"{caller}: '{target}' appeared while exporting; pass overwrite=True to replace it."
+                        ) from None
+            os.replace(source, target)
+            placed.append(target)
+    except BaseException as exc:
+        if not overwrite:  # what this call created, and nothing else
+            for target in placed:
+                with contextlib.suppress(OSError):
+                    os.unlink(target)
+        if isinstance(exc, OSError):
+            raise ExportError(f"{caller}: cannot move the checked file into place as '{path}': {exc}") from exc
+        raise
 
 
 # --------------------------------------------------------------------------- export
@@ -323,7 +557,12 @@ def export_onnx(
         overwrite: replace an existing file (refused by default).
         dynamic_batch: make the first dimension of every input dynamic (default), so
             one file serves any batch size; False fixes the example's shapes.
-        opset_version: ONNX opset; ``None`` uses the exporter's default (20 with torch 2.13).
+        opset_version: ONNX opset, an int in :func:`opset_range` (7 to 28 with onnx 1.23); ``None``
+            uses the exporter's default (20 with torch 2.13). The file has exactly this
+            opset or is not written: torch.onnx builds the graph at opset 18 or later and
+            converts it, and where the conversion fails (below 18 it does for some
+            operators) torch.onnx would keep the graph at 18 without a word; here that is
+            an :class:`ExportError`.
 
     Returns:
         An :class:`ExportResult` (path, size, compacted layers, sparse initializers,
@@ -332,9 +571,11 @@ def export_onnx(
     Raises:
         PruningTypeError: an argument of the wrong type.
         PruningError: a bad path, an existing file without ``overwrite=True``, masks
-            that do not fit.
-        ExportError: the model cannot be exported, or fails verification (the cause is
-            chained). No file is left behind on any error.
+            that do not fit, an ``opset_version`` outside :func:`opset_range`.
+        ExportError: the model cannot be exported, not at the requested opset, or fails
+            verification (the cause is chained). No file is left behind on any error,
+            and the temporary directory a killed export left beside ``path`` is
+            removed by the next export to ``path`` (:func:`remove_stale_temporaries`).
         ImportError: onnx, onnxruntime or onnxscript missing (extra ``[onnx]``), or
             torch-pruning missing with ``compact=True``.
 
@@ -361,6 +602,7 @@ def export_onnx(
             f"{caller}: '{path}' already exists; pass overwrite=True to replace it, or choose another path."
         )
     onnx, ort = require_onnx(caller)
+    _check_opset(opset_version, caller)
     if compact is True:
         require_torch_pruning(caller)
     check_nni_unwrapped(model, caller)
@@ -395,7 +637,7 @@ def export_onnx(
     # 3. export
     try:
         with torch.no_grad():
-            model_proto = _torch_export(exported, inputs, opset_version, dynamic_batch)
+            model_proto, notes = _torch_export(exported, inputs, opset_version, dynamic_batch)
     except Exception as exc:
         hint = " (or pass dynamic_batch=False if the model fixes its batch size)" if dynamic_batch else ""
         raise ExportError(
@@ -404,9 +646,14 @@ def export_onnx(
             f"by torch.export: no data-dependent Python control flow, only tensor inputs{hint}. "
             "The full error is chained below."
         ) from exc
+    opset = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset_version is not None and opset != opset_version:
+        raise _opset_mismatch(opset_version, opset, notes, type(model).__name__, caller)
+    for note in notes:  # a node left at its old version under the new opset stamp
+        if note.name.endswith("._version_converter"):
+            warnings.warn(f"{caller}: converting to opset {opset}: {note.getMessage()}", UserWarning, stacklevel=2)
     _fix_ir_version(onnx, model_proto)
     sparse_names = to_sparse_initializers(model_proto) if sparse_initializers else []
-    opset = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
     # 4. write into a private directory beside `path`, check, rename into place
     ir_version = model_proto.ir_version
@@ -414,8 +661,9 @@ def export_onnx(
     data_path = path.with_name(path.name + ".data") if external else None
     if external and data_path.exists() and not overwrite:
         raise PruningError(f"{caller}: '{data_path}' already exists; pass overwrite=True to replace it.")
+    remove_stale_temporaries(path)
     try:
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp_dir = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
     except OSError as exc:
         raise PruningError(f"{caller}: cannot write into '{path.parent}': {exc}") from exc
     try:
@@ -430,6 +678,8 @@ def export_onnx(
             raise ExportError(f"{caller}: cannot write '{path}': {exc}") from exc
         if external and not (tmp_dir / data_path.name).exists():  # every tensor was small
             external, data_path = False, None
+        for written in [tmp_file] + ([tmp_dir / data_path.name] if external else []):
+            _fsync(written)
         del model_proto
         diff = rel = None
         if verify:

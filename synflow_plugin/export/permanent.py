@@ -61,7 +61,7 @@ def _resolve_masks(model: nn.Module, masks: Any, caller: str) -> list[tuple[nn.M
             f"{caller}: masks should be a dict {{module_name: {{'weight': mask, 'bias': mask}}}} "
             f"as NNI's pruner.compress() returns, got {type(masks).__name__}"
         )
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))  # every name of a shared module
     resolved = []
     for module_name, per_param in masks.items():
         module = modules.get(module_name)
