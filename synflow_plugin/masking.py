@@ -22,22 +22,25 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from synflow_plugin.criteria import Criterion, Inputs, ScoringState, get_criterion
+from synflow_plugin.criteria import Criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
+from synflow_plugin.plan import Group, Member, Plan, bounded_drop
 from synflow_plugin.selection import Survivors, drop_smallest, smallest_positions
-from synflow_plugin.targets import Target, current_mask, resolve_targets, scoring_copy
+from synflow_plugin.session import SCHEDULES, SCOPES, ScoringRequest, ScoringSession, ZeroFlowWarning
+from synflow_plugin.targets import Target
 
 __all__ = [
     # the loop
     "compute_masks",
     "compute_scores",
+    "run_plan",
+    "scope_plan",
     # its parts
     "SCHEDULES",
     "SCOPES",
     "ZeroFlowWarning",
     "PrecisionWarning",
     "check_amount",
-    "check_progress",
     "num_to_prune",
     "keep_schedule",
     "erk_allocation",
@@ -45,15 +48,8 @@ __all__ = [
     "drop_smallest",
 ]
 
-SCHEDULES = ("exponential", "linear")
-#: ``global``: one ranking over all targets (the paper); ``local`` (or its alias
-#: ``uniform``): every target keeps the same fraction (layer-wise pruning); ``erk``:
-#: Erdős–Rényi-Kernel layer budgets.
-SCOPES = ("global", "local", "uniform", "erk")
-
-
-class ZeroFlowWarning(UserWarning):
-    """A pruned tensor scores zero everywhere at the first round, so it would be removed first."""
+class PrecisionWarning(UserWarning):
+    """Scores fell near the subnormal range of float64: their ranking may be inexact."""
 
 
 # --------------------------------------------------------------------------- counts
@@ -75,15 +71,6 @@ def check_amount(amount: Any, caller: str = "prune") -> int | float:
             "non-negative integer (a compression of 100x is amount=0.99)"
         )
     return amount
-
-
-def check_progress(progress: Any, caller: str = "prune") -> bool | None:
-    """``progress`` is True, False or None (a bar only on a terminal)."""
-    if progress is not None and not isinstance(progress, (bool, np.bool_)):
-        raise PruningTypeError(
-            f"{caller}: progress={progress!r} should be True, False or None (a bar only on a terminal)"
-        )
-    return None if progress is None else bool(progress)
 
 
 def num_to_prune(amount: int | float, survivors: int, caller: str = "prune") -> int:
@@ -161,87 +148,7 @@ def _round_to_total(exact: Sequence[float], total: int, caps: Sequence[int]) -> 
     return counts
 
 
-def _positions(mask: torch.Tensor) -> np.ndarray:
-    """Flat positions (ascending) of a mask's True entries."""
-    if bool(mask.all()):
-        return np.arange(mask.numel(), dtype=np.int32 if mask.numel() < 2**31 else np.int64)
-    return np.flatnonzero(mask.reshape(-1).cpu().numpy())
-
-
-def _as_numpy(tensor: torch.Tensor, dtype: type | None = None) -> np.ndarray:
-    """A flat float32/float64 numpy view (a copy only where needed) of ``tensor``."""
-    tensor = tensor.detach()
-    if dtype is not None:
-        tensor = tensor.to(torch.float64 if dtype == np.float64 else torch.float32)
-    elif tensor.dtype not in (torch.float32, torch.float64):
-        tensor = tensor.float()
-    return tensor.cpu().reshape(-1).numpy()
-
-
-# --------------------------------------------------------------------------- the loop
-def _prepare(model, params, criterion, options, example_inputs, data, loss_fn, num_batches, caller):
-    criterion = get_criterion(criterion, **options)
-    targets = resolve_targets(model, params, caller=caller)
-    inputs = Inputs(example_inputs=example_inputs, data=data, loss_fn=loss_fn, num_batches=num_batches)
-    if criterion.needs_data:
-        inputs.require_data(criterion.name, caller)
-    start_masks = [current_mask(model.get_submodule(t.module_name), t.name) for t in targets]
-    return criterion, targets, inputs, start_masks
-
-
-def _check_finite(model: nn.Module) -> None:
-    """Refuse a model holding NaN or infinite values: every criterion would rank garbage."""
-    with torch.no_grad():
-        for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
-            for name, tensor in named:
-                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                    bad = int((~torch.isfinite(tensor)).sum())
-                    raise PruningError(
-                        f"the model's {kind} '{name}' holds {bad} NaN or infinite value"
-                        f"{'s' if bad > 1 else ''}; scores computed from it would be meaningless. "
-                        "Re-initialise or repair that tensor before pruning."
-                    )
-
-
-def _scoring_state(model: nn.Module, targets: list[Target], inputs: Inputs, criterion: Criterion) -> ScoringState:
-    copy = scoring_copy(model)
-    _check_finite(copy)
-    copy.eval()
-    for p in copy.parameters():
-        p.requires_grad_(False)
-    params = [copy.get_submodule(t.module_name)._parameters[t.name] for t in targets]
-    for p in params:
-        p.requires_grad_(True)
-        if not p.data.is_contiguous():  # e.g. channels_last: flat views must alias the data
-            p.data = p.data.contiguous()
-    state = ScoringState(model=copy, targets=targets, params=params, initial=[], inputs=inputs)
-    criterion.prepare(state)
-    state.initial = [p.detach().clone() for p in params] if criterion.revives else [p.detach() for p in params]
-    return state
-
-
-def _checked_scores(criterion: Criterion, state: ScoringState) -> list[torch.Tensor]:
-    """The scores ranked, for every weight (see :meth:`Criterion.finish`)."""
-    return criterion.finish(state, _raw_scores(criterion, state))
-
-
-def _raw_scores(criterion: Criterion, state: ScoringState) -> list[torch.Tensor]:
-    """What ``criterion.score`` returns, checked; the loop finishes them for the survivors."""
-    scores = criterion.score(state)
-    if len(scores) != len(state.targets):
-        raise PruningError(
-            f"criterion {criterion.name} returned {len(scores)} score tensors for "
-            f"{len(state.targets)} targets"
-        )
-    for target, score in zip(state.targets, scores):
-        if tuple(score.shape) != tuple(target.shape):
-            raise PruningError(
-                f"criterion {criterion.name} returned scores of shape {tuple(score.shape)} for "
-                f"'{target.qualified_name}' of shape {tuple(target.shape)}"
-            )
-    return scores
-
-
+# --------------------------------------------------------------------------- entry points
 def compute_scores(
     model: nn.Module,
     params: Iterable[tuple[nn.Module, str]],
@@ -264,13 +171,10 @@ def compute_scores(
     >>> torch.allclose(scores[0].sum(), scores[1].sum())  # synaptic flow is conserved
     True
     """
-    criterion, targets, inputs, _ = _prepare(
-        model, params, criterion, options, example_inputs, data, loss_fn, num_batches, "compute_scores()"
-    )
-    with torch.enable_grad():
-        state = _scoring_state(model, targets, inputs, criterion)
-        scores = _checked_scores(criterion, state)
-    return [s.detach() for s in scores]
+    request = ScoringRequest.build(criterion, example_inputs=example_inputs, data=data, loss_fn=loss_fn,
+                                   num_batches=num_batches, caller="compute_scores()", **options)
+    with ScoringSession(model, params, request) as session:
+        return [s.detach() for s in session.ranked_scores()]
 
 
 def compute_masks(
@@ -321,119 +225,351 @@ def compute_masks(
     20
     """
     amount = check_amount(amount, caller)
-    if iterations is not None and (isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1):
-        raise PruningError(f"{caller}: iterations={iterations!r} should be a positive int")
-    if schedule not in SCHEDULES:
-        raise PruningError(f"{caller}: schedule={schedule!r} is not valid; expected one of {SCHEDULES}")
-    if scope not in SCOPES:
-        raise PruningError(f"{caller}: scope={scope!r} is not valid; expected one of {SCOPES}")
-    progress = check_progress(progress, caller)
-    criterion, targets, inputs, start_masks = _prepare(
-        model, params, criterion, options, example_inputs, data, loss_fn, num_batches, caller
-    )
-    rounds = iterations or criterion.default_iterations
+    request = ScoringRequest.build(
+        criterion, example_inputs=example_inputs, data=data, loss_fn=loss_fn, num_batches=num_batches,
+        iterations=iterations, schedule=schedule, scope=scope, progress=progress, caller=caller, **options)
+    session = ScoringSession(model, params, request)
+    return run_plan(session, scope_plan(session, amount))
 
-    # Per target: positions (flat, sorted) of the weights this call may rank.
-    candidates = [_positions(m) for m in start_masks]
-    survivors = [c.size for c in candidates]
-    if scope == "global":
-        total = sum(survivors)
-        final = total - num_to_prune(amount, total, caller)
-        plans = [keep_schedule(total, final, rounds, schedule)]
+
+def scope_plan(session: ScoringSession, amount: int | float) -> Plan:
+    """The plan of :func:`compute_masks`: single weights, ``amount`` of the survivors
+    pruned in one global group, or in one group per target (``local`` / ``erk``)."""
+    request, targets = session.request, session.targets
+    survivors = [int(m.sum()) for m in session.start_masks]
+    members = [Member((t,), 0, target.numel) for t, target in enumerate(targets)]
+    units = [target.numel for target in targets]
+    if request.scope == "global":
+        budget = num_to_prune(amount, sum(survivors), request.caller)
+        return Plan(units, [Group("global", members, budget)])
+    if request.scope in ("local", "uniform"):
+        budgets = [num_to_prune(amount, n, request.caller) for n in survivors]
     else:
-        if scope in ("local", "uniform"):
-            finals = [n - num_to_prune(amount, n, caller) for n in survivors]
-        else:
-            total = sum(survivors)
-            finals = erk_allocation([t.shape for t in targets], survivors,
-                                    total - num_to_prune(amount, total, caller))
-        plans = [keep_schedule(n, f, rounds, schedule) for n, f in zip(survivors, finals)]
-
-    groups = [list(range(len(targets)))] if scope == "global" else [[t] for t in range(len(targets))]
-    starts = [sum(survivors)] if scope == "global" else survivors
-    alive = Survivors(candidates, revivable=criterion.revives, threads=torch.get_num_threads())
-    if any(plan[-1] < n for plan, n in zip(plans, starts)):
-        with torch.enable_grad():
-            state = _scoring_state(model, targets, inputs, criterion)
-            for r in tqdm(range(rounds), desc=f"{criterion.name}", unit="round",
-                          disable=(not progress) if progress is not None else None, leave=False):
-                state.round = r
-                _one_round(state, criterion, alive, groups, [plan[r] for plan in plans])
-    masks = []
-    for t, (target, start) in enumerate(zip(targets, start_masks)):
-        mask = torch.zeros(target.numel, dtype=torch.bool)
-        mask[torch.from_numpy(alive.positions(t))] = True
-        masks.append(mask.reshape(target.shape).to(start.device))
-    return masks
+        total = sum(survivors)
+        keep = erk_allocation([t.shape for t in targets], survivors,
+                              total - num_to_prune(amount, total, request.caller))
+        budgets = [n - k for n, k in zip(survivors, keep)]
+    return Plan(units, [Group(f"'{t.qualified_name}'", [m], b) for t, m, b in zip(targets, members, budgets)])
 
 
-def _one_round(state: ScoringState, criterion: Criterion, alive: Survivors, groups: list[list[int]],
-               keep: list[int]) -> None:
-    """Score once; each group of targets keeps ``keep[g]`` of its survivors."""
-    if criterion.revives:
-        if state.round > 0:  # the survivors get their initial values back, the rest zero
+# --------------------------------------------------------------------------- the loop
+def run_plan(session: ScoringSession, plan: Plan) -> list[torch.Tensor]:
+    """Prune ``plan`` on ``session``'s scoring copy, round after round; the one loop of
+    every host.
+
+    Each round scores every target once, then every group prunes to its budget for that
+    round on the request's schedule (``lo`` floors follow the schedule too, ``hi`` caps
+    hold in every round, thresholds are applied in the first round only). Groups of
+    single, unbounded weights are ranked by the compiled kernels
+    (:class:`~synflow_plugin.selection.Survivors`); the others (channels, tied tensors,
+    bounds, thresholds) by a vectorised ranking of units. A round whose scores leave the
+    range of the model's dtype is scored again in float64 (criteria with ``wide_range``).
+
+    The session is entered here (no copy is made when the plan prunes nothing).
+
+    Returns:
+        One boolean mask per target, shaped like it, on its device: the targets'
+        existing masks with the pruned weights removed.
+    """
+    if plan.empty:
+        return [m.clone() for m in session.start_masks]
+    loop = _Loop(session, plan)
+    with session:
+        request = session.request
+        for r in tqdm(range(loop.rounds), desc=request.criterion.name, unit="round",
+                      disable=(not request.progress) if request.progress is not None else None, leave=False):
+            loop.round(r)
+    return loop.masks()
+
+
+def _on_kernels(group: Group, plan: Plan, targets: Sequence[Target]) -> bool:
+    """Whether the compiled kernels rank ``group``: single, unbounded weights."""
+    return all(len(m.tensors) == 1 and plan.units[m.tensors[0]] == targets[m.tensors[0]].numel
+               and m.start == 0 and m.stop == plan.units[m.tensors[0]] and not m.bounded
+               and m.threshold is None for m in group.members)
+
+
+class _Loop:
+    """The state of one :func:`run_plan` call: the kernel-ranked groups' survivors and
+    the unit-ranked groups' surviving units, and the budgets of every round."""
+
+    def __init__(self, session: ScoringSession, plan: Plan) -> None:
+        self.session, self.plan = session, plan
+        request, targets = session.request, session.targets
+        self.criterion = request.criterion
+        scheduled = any(m.threshold is None for m in plan.members())
+        self.rounds = request.rounds if scheduled else 1
+        fast = [g for g in plan.groups if _on_kernels(g, plan, targets)]
+        self.fast = [[m.tensors[0] for m in g.members] for g in fast]
+        self.slow = [g for g in plan.groups if not _on_kernels(g, plan, targets)]
+
+        # Kernel-ranked targets: the flat positions they may lose.
+        on_kernels = {t for group in self.fast for t in group}
+        self.on_kernels = on_kernels
+        candidates = [_positions(m) if t in on_kernels else np.empty(0, dtype=np.int64)
+                      for t, m in enumerate(session.start_masks)]
+        self.alive = Survivors(candidates, revivable=self.criterion.revives, threads=torch.get_num_threads())
+        self.fast_keep = []
+        for group, g in zip(self.fast, fast):
+            start = sum(candidates[t].size for t in group)
+            self.fast_keep.append(keep_schedule(start, start - g.budget, self.rounds, request.schedule))
+
+        # Unit-ranked members: the units they may lose, their budgets and floors per round.
+        self.members = [m for g in self.slow for m in g.members]
+        self.units_alive = [self._candidate_units(m) for m in self.members]
+        self.units_start = [u.copy() for u in self.units_alive]
+        position = {id(m): k for k, m in enumerate(self.members)}
+        self.budgets = []
+        for g in self.slow:
+            cost = sum(self.units_alive[position[id(m)]].size * m.size for m in g.members)
+            final = cost - min(g.budget, cost)
+            self.budgets.append([cost - k for k in keep_schedule(cost, final, self.rounds, request.schedule)])
+        self.floors = [[u.size - k for k in keep_schedule(u.size, u.size - min(m.lo, u.size), self.rounds,
+                                                            request.schedule)]
+                       for m, u in zip(self.members, self.units_alive)]
+
+    def _candidate_units(self, member: Member) -> np.ndarray:
+        """The units of ``member`` with a weight left in every one of its tensors."""
+        keep = None
+        for t in member.tensors:
+            mask = self.session.start_masks[t].reshape(self.plan.units[t], -1).any(dim=1).cpu().numpy()
+            keep = mask if keep is None else keep & mask
+        return member.start + np.flatnonzero(keep[member.start:member.stop])
+
+    # ----------------------------------------------------------------- a round
+    def round(self, r: int) -> None:
+        session, criterion = self.session, self.criterion
+        state = session.state
+        state.round = r
+        if criterion.revives:
+            self._revive(r)
+        before = [self.alive.live(t) for t in range(len(session.targets))]
+        counts = [sum(before[t] for t in group) - keep[r] for group, keep in zip(self.fast, self.fast_keep)]
+
+        widen = criterion.wide_range and state.can_promote
+        scores = session.scores()
+        units, outside = self._unit_scores(scores)
+        result = self._rank(scores, counts, hold=widen)
+        if widen and (result.held or outside) and state.promote():
+            # A score left the normal range of the model's dtype: this round again in float64.
+            scores = session.scores()
+            units, outside = self._unit_scores(scores)
+            result = self._rank(scores, counts, hold=False)
+        self._check(scores, units, result)
+        if r == 0:
+            zero = [n > 0 and not nz for n, nz in zip(before, result.nonzero)]
+            for m, values in zip(self.members, units):
+                for t in m.tensors:
+                    zero[t] = values.size > 0 and not values.any()
+            session.warn_zero_flow(zero)
+        with torch.no_grad():
+            for p, pruned in zip(state.params, result.pruned):
+                if pruned is not None and pruned.size:
+                    p.data.reshape(-1).index_fill_(0, torch.from_numpy(pruned).to(p.device), 0)
+        self._prune_units(r, units)
+
+    def _revive(self, r: int) -> None:
+        """Criteria that revive: every candidate is ranked again, the survivors with
+        their initial values and the rest zero."""
+        state = self.session.state
+        if r > 0:
             with torch.no_grad():
                 for t, (p, theta0) in enumerate(zip(state.params, state.initial)):
-                    index = torch.from_numpy(alive.positions(t)).to(p.device)
-                    flat = p.data.reshape(-1)
-                    flat.zero_()
-                    flat.index_copy_(0, index, theta0.reshape(-1).index_select(0, index))
-        alive.reset()  # every candidate is ranked again
-    counts = [sum(alive.live(t) for t in group) - k for group, k in zip(groups, keep)]
-    before = [alive.live(t) for t in range(len(state.targets))]
-    scores = _raw_scores(criterion, state)
-    widen = criterion.wide_range and state.can_promote
-    result = _rank(state, criterion, alive, groups, counts, scores, hold=widen)
-    if widen and result.held and state.promote():
-        # A score left the normal range of the model's dtype: this round again in float64.
-        scores = _raw_scores(criterion, state)
-        result = _rank(state, criterion, alive, groups, counts, scores, hold=False)
-    bad = [t.qualified_name for t, nan in zip(state.targets, result.nan) if nan]
-    if bad:
-        raise PruningError(
-            f"criterion {criterion.name} gave NaN scores for '{bad[0]}' although every weight is "
-            f"finite: a value computed from them overflowed in {scores[0].dtype}. Check for layers "
-            "scaled far from unit size, or score a float64 copy of the model (model.double())."
+                    if t in self.on_kernels:
+                        index = torch.from_numpy(self.alive.positions(t)).to(p.device)
+                        flat = p.data.reshape(-1)
+                        flat.zero_()
+                        flat.index_copy_(0, index, theta0.reshape(-1).index_select(0, index))
+                    elif any(t in m.tensors for m in self.members):
+                        keep = _unit_mask(self._unit_flags(t), self.plan.units[t], p.shape, p.device)
+                        p.data.copy_(torch.where(keep, theta0, torch.zeros((), dtype=p.dtype, device=p.device)))
+        self.alive.reset()
+
+    def _rank(self, scores: list[torch.Tensor], counts: list[int], hold: bool):
+        """The kernel-ranked groups' pass: group g loses ``counts[g]`` survivors (none with
+        ``hold`` if a score is outside its dtype's normal range)."""
+        criterion, state = self.criterion, self.session.state
+        dtype = np.float64 if any(s.dtype == torch.float64 for s in scores) else np.float32
+        fast = self.on_kernels
+        # Pruned weights are zeroed in the scored copy: in place where numpy shares its
+        # memory, else (another device or dtype) through torch with the recorded positions.
+        zero = [None if criterion.revives or t not in fast else _shared_numpy(p) for t, p in enumerate(state.params)]
+        return self.alive.prune(
+            scores=[_as_numpy(s, dtype) if t in fast else None for t, s in enumerate(scores)],
+            weights=[_as_numpy(p, dtype) if criterion.times_weight and t in fast else None
+                     for t, p in enumerate(state.params)],
+            absolute=criterion.ranks_magnitude,
+            groups=self.fast,
+            counts=counts,
+            zero=zero,
+            record=[t in fast and not criterion.revives and z is None for t, z in enumerate(zero)],
+            seed=state.round,
+            hold_outside=hold,
         )
-    if criterion.wide_range and any(result.outside):
-        _check_range(state, criterion, alive, scores, result.outside)
-    if state.round == 0:
-        _warn_zero_flow(state, criterion, [n > 0 and not nz for n, nz in zip(before, result.nonzero)])
-    with torch.no_grad():
-        for p, pruned in zip(state.params, result.pruned):
-            if pruned is not None and pruned.size:
-                p.data.reshape(-1).index_fill_(0, torch.from_numpy(pruned).to(p.device), 0)
+
+    def _unit_scores(self, scores: list[torch.Tensor]) -> tuple[list[np.ndarray], bool]:
+        """Per unit-ranked member, the scores of all its units (a tied member's averaged),
+        and whether any candidate's score is outside the normal range of its dtype."""
+        if not self.members:
+            return [], False
+        state = self.session.state
+        needed = {t for m in self.members for t in m.tensors}
+        ranked = self.criterion.finish(state, scores)
+        per_target = {t: _units_of(ranked[t], self.plan.units[t]) for t in needed}
+        values, outside = [], False
+        small, big = _normal_range(scores)
+        for m, alive in zip(self.members, self.units_alive):
+            unit = per_target[m.tensors[0]] if len(m.tensors) == 1 else (
+                sum(per_target[t] for t in m.tensors) / len(m.tensors))  # NNI averages a dependency group
+            values.append(unit)
+            live = np.abs(unit[alive])
+            outside = outside or bool(((live > big) | ((live < small) & (live != 0))).any())
+        return values, outside
+
+    def _check(self, scores: list[torch.Tensor], units: list[np.ndarray], result) -> None:
+        criterion, targets = self.criterion, self.session.targets
+        bad = [targets[t].qualified_name for t, nan in enumerate(result.nan) if nan]
+        bad += [targets[m.tensors[0]].qualified_name for m, v in zip(self.members, units) if np.isnan(v).any()]
+        if bad:
+            raise PruningError(
+                f"criterion {criterion.name} gave NaN scores for '{bad[0]}' although every weight is "
+                f"finite: a value computed from them overflowed in {scores[0].dtype}. Check for layers "
+                "scaled far from unit size, or score a float64 copy of the model (model.double())."
+            )
+        if criterion.wide_range and any(result.outside):
+            _check_range(self.session, self.alive, scores, result.outside)
+
+    def _prune_units(self, r: int, units: list[np.ndarray]) -> None:
+        """The unit-ranked groups' round: each group to its budget, members within bounds."""
+        if not self.members:
+            return
+        criterion, state = self.criterion, self.session.state
+        position = {id(m): k for k, m in enumerate(self.members)}
+        pools = self.units_start if criterion.revives else self.units_alive
+        values = [np.take(v, pool) for v, pool in zip(units, pools)]
+        drops = [np.zeros(pool.size, dtype=bool) for pool in pools]
+        for g, budget in zip(self.slow, self.budgets):
+            index = [position[id(m)] for m in g.members]
+            if g.members[0].threshold is not None:
+                if r == 0:  # decided once, on the unpruned network
+                    k, m = index[0], g.members[0]
+                    drop = values[k] < m.threshold
+                    if not m.lo <= int(drop.sum()) <= m.hi:
+                        drop = drop_smallest(values[k], min(max(int(drop.sum()), m.lo), m.hi))
+                    drops[k] = drop
+                continue
+            already = [0 if criterion.revives else self.units_start[k].size - self.units_alive[k].size
+                       for k in index]
+            chosen = bounded_drop(
+                [values[k] for k in index],
+                [m.size for m in g.members],
+                [self.floors[k][r] - a for k, a in zip(index, already)],
+                [m.hi - a for m, a in zip(g.members, already)],
+                budget[r] - sum(a * m.size for a, m in zip(already, g.members)),
+            )
+            for k, drop in zip(index, chosen):
+                drops[k] = drop
+        for k, (m, pool, drop) in enumerate(zip(self.members, pools, drops)):
+            if criterion.revives and m.threshold is not None and r > 0:
+                continue  # a threshold decision stands
+            self.units_alive[k] = pool[~drop]
+            if not criterion.revives:
+                for t in m.tensors:
+                    _zero_units(state.params[t], self.plan.units[t], pool[drop])
+
+    # ----------------------------------------------------------------- the result
+    def _unit_flags(self, t: int) -> np.ndarray:
+        flags = np.zeros(self.plan.units[t], dtype=bool)
+        for m, alive in zip(self.members, self.units_alive):
+            if t in m.tensors:
+                flags[alive] = True
+        return flags
+
+    def masks(self) -> list[torch.Tensor]:
+        masks = []
+        in_members = {t for m in self.members for t in m.tensors}
+        for t, (target, start) in enumerate(zip(self.session.targets, self.session.start_masks)):
+            if t in self.on_kernels:
+                mask = torch.zeros(target.numel, dtype=torch.bool)
+                mask[torch.from_numpy(self.alive.positions(t))] = True
+                mask = mask.reshape(target.shape).to(start.device)
+            elif t in in_members:
+                flags = self._unit_flags(t)
+                mask = _unit_mask(flags, self.plan.units[t], target.shape, start.device) & start
+            else:
+                mask = start.clone()
+            masks.append(mask)
+        return masks
 
 
-def _rank(state: ScoringState, criterion: Criterion, alive: Survivors, groups: list[list[int]],
-          counts: list[int], scores: list[torch.Tensor], hold: bool):
-    """One ranking pass of ``alive`` over ``scores``: group g loses ``counts[g]`` survivors
-    (none with ``hold`` if a score is outside its dtype's normal range)."""
-    dtype = np.float64 if any(s.dtype == torch.float64 for s in scores) else np.float32
-    # Pruned weights are zeroed in the scored copy: in place where numpy shares its
-    # memory, else (another device or dtype) through torch with the recorded positions.
-    zero = [None if criterion.revives else _shared_numpy(p) for p in state.params]
-    return alive.prune(
-        scores=[_as_numpy(s, dtype) for s in scores],
-        weights=[_as_numpy(p, dtype) if criterion.times_weight else None for p in state.params],
-        absolute=criterion.ranks_magnitude,
-        groups=groups,
-        counts=counts,
-        zero=zero,
-        record=[not criterion.revives and z is None for z in zero],
-        seed=state.round,
-        hold_outside=hold,
-    )
+# --------------------------------------------------------------------------- helpers
+def _positions(mask: torch.Tensor) -> np.ndarray:
+    """Flat positions (ascending) of a mask's True entries."""
+    if bool(mask.all()):
+        return np.arange(mask.numel(), dtype=np.int32 if mask.numel() < 2**31 else np.int64)
+    return np.flatnonzero(mask.reshape(-1).cpu().numpy())
 
 
-class PrecisionWarning(UserWarning):
-    """Scores fell near the subnormal range of float64: their ranking may be inexact."""
+def _as_numpy(tensor: torch.Tensor, dtype: type | None = None) -> np.ndarray:
+    """A flat float32/float64 numpy view (a copy only where needed) of ``tensor``."""
+    tensor = tensor.detach()
+    if dtype is not None:
+        tensor = tensor.to(torch.float64 if dtype == np.float64 else torch.float32)
+    elif tensor.dtype not in (torch.float32, torch.float64):
+        tensor = tensor.float()
+    return tensor.cpu().reshape(-1).numpy()
 
 
-def _check_range(state: ScoringState, criterion: Criterion, alive: Survivors,
-                 scores: list[torch.Tensor], outside: list[int]) -> None:
+def _shared_numpy(tensor: torch.Tensor) -> np.ndarray | None:
+    """A flat numpy array sharing ``tensor``'s memory, if numpy can hold it."""
+    if tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
+        return None
+    return tensor.detach().reshape(-1).numpy()
+
+
+def _units_of(score: torch.Tensor, units: int) -> np.ndarray:
+    """One score per unit: the weights' own, or a channel's sum (in float64)."""
+    values = _as_numpy(score)
+    if units == values.size:
+        return values
+    return values.reshape(units, -1).sum(axis=1, dtype=np.float64)
+
+
+def _normal_range(scores: list[torch.Tensor]) -> tuple[float, float]:
+    from synflow_plugin._kernels import normal_range
+
+    return normal_range(np.float64 if any(s.dtype == torch.float64 for s in scores) else np.float32)
+
+
+def _unit_mask(keep: np.ndarray, units: int, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """A boolean mask shaped like the tensor from one keep flag per unit."""
+    flags = torch.from_numpy(keep).to(device)
+    if units == shape.numel():
+        return flags.reshape(shape)
+    return flags.reshape((units,) + (1,) * (len(shape) - 1)).expand(shape)
+
+
+def _zero_units(param: torch.Tensor, units: int, drop: np.ndarray) -> None:
+    """Zero the given units (elements, or slices along dim 0) of ``param`` in place."""
+    if drop.size == 0:
+        return
+    index = torch.from_numpy(drop).to(param.device)
+    data = param.data
+    if units != data.numel():
+        data.index_fill_(0, index, 0)
+    elif data.is_contiguous():
+        data.view(-1).index_fill_(0, index, 0)
+    else:  # e.g. channels_last: no flat view, mask it instead
+        keep = torch.ones(data.numel(), dtype=torch.bool, device=param.device)
+        keep[index] = False
+        data.masked_fill_(~keep.reshape(data.shape), 0)
+
+
+def _check_range(session: ScoringSession, alive: Survivors, scores: list[torch.Tensor],
+                 outside: list[int]) -> None:
     """Raise for infinite scores, warn (once per call) for scores too small to rank exactly,
     after the round was already scored in float64 (or could not be)."""
+    state, criterion = session.state, session.criterion
     names = [t.qualified_name for t, n in zip(state.targets, outside) if n]
     for t, target in enumerate(state.targets):
         if not outside[t]:
@@ -455,35 +591,5 @@ def _check_range(state: ScoringState, criterion: Criterion, alive: Survivors,
             f"{scores[0].dtype} value, where the products they come from lose precision; the ranking "
             "of those weights may be inexact.",
             PrecisionWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
-
-
-def _shared_numpy(tensor: torch.Tensor) -> np.ndarray | None:
-    """A flat numpy array sharing ``tensor``'s memory, if numpy can hold it."""
-    if tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
-        return None
-    return tensor.detach().reshape(-1).numpy()
-
-
-def _warn_zero_flow(state: ScoringState, criterion: Criterion, all_zero: list[bool]) -> None:
-    """Warn about the targets whose every score is zero (``all_zero``, one flag per target)."""
-    dead = [t.qualified_name for t, flag in zip(state.targets, all_zero) if flag]
-    if not dead:
-        return
-    zero_bn = [
-        name for name, m in state.model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.any()
-    ]
-    cause = (
-        f" BatchNorm layers with an all-zero weight block the flow: {', '.join(zero_bn)} "
-        "(e.g. zero_init_residual); pass batchnorm='identity' to score as if BatchNorm were identity."
-        if zero_bn and criterion.name == "synflow"
-        else " Nothing downstream depends on them at initialisation (zero weights or gradients)."
-    )
-    warnings.warn(
-        f"{criterion.name}: every score of {', '.join(dead)} is zero, so "
-        f"{'it' if len(dead) == 1 else 'they'} will be pruned first (layer collapse).{cause}",
-        ZeroFlowWarning,
-        stacklevel=4,
-    )

@@ -31,6 +31,7 @@ from synflow_plugin.adapters.nni import (
     SNIPPruner,
     SynFlowPruner,
     complete_masks,
+    get_pruner,
     speedup_model,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "SynFlowPruner",
     "IterSNIPPruner",
     "FORCEPruner",
+    "get_pruner",
     # from masks to a model
     "complete_masks",
     "speedup_model",

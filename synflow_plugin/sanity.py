@@ -90,9 +90,13 @@ class InvertedCriterion(Criterion):
         self.base = base
         # Class attributes of the contract, set per instance from the wrapped criterion.
         self.name = f"inverted-{base.name}"
+        self.summary = f"the lowest-scoring weights of {base.name} kept (sanity check)"
         self.needs_data = base.needs_data
+        self.needs_example_inputs = base.needs_example_inputs
+        self.seeded = base.seeded
         self.default_iterations = base.default_iterations
         self.revives = base.revives
+        self.wide_range = base.wide_range
 
     def prepare(self, state: ScoringState) -> None:
         self.base.prepare(state)

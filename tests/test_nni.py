@@ -38,6 +38,7 @@ from synflow_plugin import (  # noqa: E402
     prunable_parameters,
 )
 from synflow_plugin.export import apply_masks, make_permanent  # noqa: E402
+from synflow_plugin import masking  # noqa: E402
 from synflow_plugin.masking import drop_smallest  # noqa: E402
 from synflow_plugin.models import create_model  # noqa: E402
 from synflow_plugin.nni import (  # noqa: E402
@@ -194,7 +195,9 @@ def test_scores_and_metrics_agree_with_core_scores():
     ("magnitude", [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.6}]),
     ("force", GLOBAL),
 ])
-def test_general_loop_reproduces_core_path(name, config):
+def test_kernel_and_unit_rankings_of_the_one_loop_agree(name, config, monkeypatch):
+    # The loop ranks single unbounded weights with the compiled kernels and everything
+    # else by units; forced onto the unit ranking, the same plan gives the same masks.
     pruner_cls, _, options = CASES[name]
     kwargs = dict(options)
     data = batches(2) if name == "force" else None
@@ -203,11 +206,11 @@ def test_general_loop_reproduces_core_path(name, config):
     if name == "synflow":
         kwargs["dummy_input"] = X
     pruner = pruner_cls(small_vgg(), config, **kwargs)
-    assert pruner._plan.core_request() is not None
-    core = pruner._keep(data)
-    general = pruner._keep(data, use_core=False)
-    for tensor, a, b in zip(pruner._plan.tensors, core, general):
-        assert np.array_equal(a, b), f"{name}: compute_masks and the plan loop differ on {tensor.label}"
+    kernels = pruner._masks(data)
+    monkeypatch.setattr(masking, "_on_kernels", lambda *args: False)
+    units = pruner._masks(data)
+    for tensor, a, b in zip(pruner._tensors, kernels, units):
+        assert torch.equal(a, b), f"{name}: the kernel and unit rankings differ on {tensor.label}"
 
 
 # --------------------------------------------------------------------------- config keys

@@ -13,6 +13,9 @@ SynFlowCriterion(batchnorm='identity')
 
 from __future__ import annotations
 
+import importlib.metadata
+import warnings
+
 from synflow_plugin.criteria.base import Criterion, Inputs, ScoringState
 from synflow_plugin.criteria.grasp import GraSPCriterion
 from synflow_plugin.criteria.magnitude import MagnitudeCriterion
@@ -39,6 +42,8 @@ __all__ = [
     "get_criterion",
     "list_criteria",
     "register_criterion",
+    "load_entry_points",
+    "ENTRY_POINT_GROUP",
 ]
 
 CRITERIA: dict[str, type[Criterion]] = {}
@@ -62,8 +67,41 @@ for _cls in (RandomCriterion, MagnitudeCriterion, SNIPCriterion, GraSPCriterion,
     register_criterion(_cls)
 
 
+#: The entry-point group through which installed packages add criteria: a package
+#: declares ``[project.entry-points."synflow_plugin.criteria"] mine = "mypkg.scores:MyCriterion"``
+#: and ``MyCriterion`` is registered the first time the registry is read.
+ENTRY_POINT_GROUP = "synflow_plugin.criteria"
+_entry_points_loaded = False
+
+
+def load_entry_points() -> list[str]:
+    """Register the criteria of installed packages (the :data:`ENTRY_POINT_GROUP` entry
+    points), once per process; returns the names registered by this call. A plugin
+    that fails to load is reported with a warning naming it, and skipped."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return []
+    _entry_points_loaded = True
+    added = []
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = entry.load()
+            register_criterion(cls)
+        except Exception as exc:  # a broken plugin must not break the library
+            warnings.warn(
+                f"the criterion plugin {entry.name!r} ({entry.value}) failed to load and is skipped: "
+                f"{type(exc).__name__}: {exc}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        added.append(cls.name)
+    return added
+
+
 def list_criteria() -> list[str]:
-    """Registered criterion names, in registration order."""
+    """Registered criterion names, in registration order (plugins' after the built-in ones)."""
+    load_entry_points()
     return list(CRITERIA)
 
 
@@ -80,6 +118,7 @@ def get_criterion(criterion: str | Criterion, **options) -> Criterion:
                 "pass the criterion's name instead"
             )
         return criterion
+    load_entry_points()
     if isinstance(criterion, type) and issubclass(criterion, Criterion):
         cls = criterion
     elif isinstance(criterion, str) and criterion.lower() in CRITERIA:

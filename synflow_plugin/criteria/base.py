@@ -283,7 +283,11 @@ class Criterion(abc.ABC):
 
     Class attributes:
         name: the registry name.
-        needs_data: whether :meth:`score` reads labelled batches.
+        summary: one line for listings (``synflow-plugin list``): what the score is, and the paper.
+        needs_data: whether :meth:`score` reads labelled batches (``data=``).
+        needs_example_inputs: whether :meth:`score` runs the model on ``example_inputs``
+            (data-free criteria that still read the network, as SynFlow).
+        seeded: whether the criterion draws random numbers and takes a ``seed=`` option.
         default_iterations: pruning rounds the paper uses (1 = one shot).
         revives: whether weights pruned in an earlier round of the same call may come
             back (FORCE); weights pruned before the call never do.
@@ -298,7 +302,10 @@ class Criterion(abc.ABC):
     """
 
     name: ClassVar[str]
+    summary: ClassVar[str] = ""
     needs_data: ClassVar[bool] = False
+    needs_example_inputs: ClassVar[bool] = False
+    seeded: ClassVar[bool] = False
     default_iterations: ClassVar[int] = 1
     revives: ClassVar[bool] = False
     times_weight: ClassVar[bool] = False

@@ -32,6 +32,7 @@ class GraSPCriterion(Criterion):
     """
 
     name = "grasp"
+    summary = "gradient signal preservation, w * Hg (Wang et al. 2020)"
     needs_data = True
 
     def __init__(self, *, temperature: float = 200.0) -> None:

@@ -24,6 +24,8 @@ class RandomCriterion(Criterion):
     """
 
     name = "random"
+    summary = "Gaussian scores: a uniformly random mask (baseline)"
+    seeded = True
 
     def __init__(self, *, seed: int | None = None) -> None:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):

@@ -36,6 +36,7 @@ class SNIPCriterion(Criterion):
     """Score = |θ ⊙ ∂L/∂θ| summed over the given batches. Data-driven, one shot."""
 
     name = "snip"
+    summary = "|w * dL/dw| on a batch (Lee et al. 2019)"
     needs_data = True
 
     def score(self, state: ScoringState) -> list[torch.Tensor]:
@@ -47,6 +48,7 @@ class IterSNIPCriterion(SNIPCriterion):
     """SNIP re-scored in each round of the exponential schedule; pruned weights stay pruned."""
 
     name = "itersnip"
+    summary = "SNIP re-scored every round (de Jorge et al. 2021)"
     default_iterations = 10
 
 
@@ -55,6 +57,7 @@ class FORCECriterion(SNIPCriterion):
     so a weight removed in an earlier round may return in a later one."""
 
     name = "force"
+    summary = "iterative SNIP, pruned weights may return (de Jorge et al. 2021)"
     default_iterations = 10
     revives = True
 

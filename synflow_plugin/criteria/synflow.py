@@ -90,6 +90,8 @@ class SynFlowCriterion(Criterion):
     """
 
     name = "synflow"
+    summary = "iterative synaptic flow, data-free (Tanaka et al. 2020)"
+    needs_example_inputs = True
     default_iterations = 100
     times_weight = True  # score() gives ∂R/∂θ; the score is |θ ⊙ ∂R/∂θ|
     ranks_magnitude = True

@@ -33,7 +33,7 @@ from synflow_plugin.export.onnx_export import (
     remove_stale_temporaries,
     to_sparse_initializers,
 )
-from synflow_plugin.export.permanent import apply_masks, has_pruning_hooks, make_permanent
+from synflow_plugin.permanent import apply_masks, has_pruning_hooks, make_permanent
 
 __all__ = [
     # the pipeline

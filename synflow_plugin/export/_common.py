@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from torch import nn
 
 from synflow_plugin.errors import ExportError, PruningError, PruningTypeError
-from synflow_plugin.targets import clone_model
+from synflow_plugin.permanent import check_nni_unwrapped, copy_model  # noqa: F401  (used by export)
 
 __all__ = [
     "ExportError",
@@ -94,29 +93,6 @@ def output_leaves(output: Any, caller: str) -> list[torch.Tensor]:
             "an exported model must return a tensor or a tuple of tensors."
         )
     return tensors
-
-
-def copy_model(model: nn.Module, caller: str) -> nn.Module:
-    """A deep copy of ``model``, also of one pruned with ``torch.nn.utils.prune``
-    (see :func:`synflow_plugin.targets.clone_model`); failures become an :class:`ExportError`."""
-    try:
-        return clone_model(model)
-    except PruningError as exc:
-        raise ExportError(
-            f"{caller}: {exc} The model is exported from a copy so that it is left as it was."
-        ) from exc.__cause__
-
-
-def check_nni_unwrapped(model: nn.Module, caller: str) -> None:
-    """Refuse a model still wrapped by an NNI pruner: its masks live in NNI's wrappers."""
-    for name, module in model.named_modules():
-        if "_nni_wrapper" in module.__dict__ or "_nni_wrapper" in module._modules:
-            where = f"'{name}'" if name else "the model itself"
-            raise ExportError(
-                f"{caller}: the model is still wrapped by an NNI pruner ({where} has an "
-                "_nni_wrapper). Take the masks and unwrap it first: "
-                "`_, masks = pruner.compress(); pruner.unwrap_model()`, then pass masks=masks."
-            )
 
 
 def relative_difference(actual: Sequence[Any], expected: Sequence[Any]) -> tuple[float, float]:

@@ -49,7 +49,7 @@ from synflow_plugin.export._common import (
     require_onnx,
 )
 from synflow_plugin.export.onnx_export import _first_line, densify_sparse_initializers, export_onnx
-from synflow_plugin.export.permanent import make_permanent
+from synflow_plugin.permanent import make_permanent
 
 __all__ = ["benchmark_onnx", "BenchmarkReport", "count_macs", "onnx_model_stats"]
 

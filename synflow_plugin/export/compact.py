@@ -51,7 +51,7 @@ from synflow_plugin.export._common import (
     relative_difference,
     require_torch_pruning,
 )
-from synflow_plugin.export.permanent import has_pruning_hooks, make_permanent
+from synflow_plugin.permanent import has_pruning_hooks, make_permanent
 
 __all__ = ["compact_channels", "find_zero_channels", "channel_counts"]
 

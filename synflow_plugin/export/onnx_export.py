@@ -50,7 +50,7 @@ from synflow_plugin.export._common import (
     require_torch_pruning,
 )
 from synflow_plugin.export.compact import _WEIGHTED, channel_counts, compact_channels
-from synflow_plugin.export.permanent import make_permanent
+from synflow_plugin.permanent import make_permanent
 
 __all__ = [
     "export_onnx",

@@ -1,0 +1,248 @@
+"""The public scoring API every host adapter uses: a validated request and a scoring session.
+
+A :class:`ScoringRequest` is what a prune asks of a criterion (the criterion with its
+options, the example inputs or batches, the rounds, schedule and scope), checked once
+whichever host it came from. A :class:`ScoringSession` owns the private scoring copy of
+the model for one request: it resolves the targets, makes the copy, runs the
+criterion's ``prepare`` and gives one round of scores at a time. The user's model is
+never touched, so there is nothing to restore; leaving the ``with`` block releases
+the copy::
+
+    request = ScoringRequest.build("synflow", example_inputs=x, iterations=10)
+    with ScoringSession(model, params, request) as session:
+        scores = session.scores()        # one round, what Criterion.score returns
+
+:func:`synflow_plugin.masking.run_plan` runs the pruning rounds on a session.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from synflow_plugin.criteria import Criterion, Inputs, ScoringState, get_criterion
+from synflow_plugin.errors import PruningError, PruningTypeError
+from synflow_plugin.targets import Target, current_mask, resolve_targets, scoring_copy
+
+__all__ = ["ScoringRequest", "ScoringSession", "ZeroFlowWarning", "SCHEDULES", "SCOPES"]
+
+SCHEDULES = ("exponential", "linear")
+#: ``global``: one ranking over all targets (the paper); ``local`` (or its alias
+#: ``uniform``): every target keeps the same fraction (layer-wise pruning); ``erk``:
+#: Erdős–Rényi-Kernel layer budgets.
+SCOPES = ("global", "local", "uniform", "erk")
+
+
+class ZeroFlowWarning(UserWarning):
+    """A pruned tensor scores zero everywhere at the first round, so it would be removed first."""
+
+
+class ScoringRequest:
+    """A pruning request, validated: the criterion, its inputs and the round settings.
+
+    Build it with :meth:`build`, which takes the keywords every entry point accepts and
+    raises a :class:`~synflow_plugin.errors.PruningError` naming ``caller`` for any bad one.
+
+    Attributes:
+        criterion: the :class:`~synflow_plugin.criteria.Criterion` instance.
+        inputs: example inputs, batches and loss (:class:`~synflow_plugin.criteria.Inputs`).
+        iterations: rounds asked for (None: the criterion's default), see :attr:`rounds`.
+        schedule, scope, progress, caller: as passed, checked.
+    """
+
+    __slots__ = ("criterion", "inputs", "iterations", "schedule", "scope", "progress", "caller")
+
+    def __init__(self, criterion: Criterion, inputs: Inputs, iterations: int | None, schedule: str,
+                 scope: str, progress: bool | None, caller: str) -> None:
+        self.criterion, self.inputs, self.iterations = criterion, inputs, iterations
+        self.schedule, self.scope, self.progress, self.caller = schedule, scope, progress, caller
+
+    @classmethod
+    def build(
+        cls,
+        criterion: str | Criterion | type[Criterion] = "synflow",
+        *,
+        example_inputs: Any = None,
+        data: Iterable | None = None,
+        loss_fn: Callable | None = None,
+        num_batches: int | None = None,
+        iterations: int | None = None,
+        schedule: str = "exponential",
+        scope: str = "global",
+        progress: bool | None = None,
+        caller: str = "prune",
+        data_later: bool = False,
+        **options: Any,
+    ) -> "ScoringRequest":
+        """Check every argument and build the criterion with its ``options``.
+
+        ``data_later``: the batches come later (:meth:`with_data`), as when a host
+        reads them from its own training loop; ``data=`` is not required yet."""
+        if iterations is not None and (isinstance(iterations, (bool, np.bool_))
+                                       or not isinstance(iterations, (int, np.integer)) or iterations < 1):
+            raise PruningError(f"{caller}: iterations={iterations!r} should be a positive int or None")
+        if schedule not in SCHEDULES:
+            raise PruningError(f"{caller}: schedule={schedule!r} is not valid; expected one of {SCHEDULES}")
+        if scope not in SCOPES:
+            raise PruningError(f"{caller}: scope={scope!r} is not valid; expected one of {SCOPES}")
+        if progress is not None and not isinstance(progress, (bool, np.bool_)):
+            raise PruningTypeError(
+                f"{caller}: progress={progress!r} should be True, False or None (a bar only on a terminal)"
+            )
+        built = get_criterion(criterion, **options)
+        inputs = Inputs(example_inputs=example_inputs, data=data, loss_fn=loss_fn, num_batches=num_batches)
+        if built.needs_data and not data_later:
+            inputs.require_data(built.name, caller)
+        if built.needs_example_inputs and example_inputs is None:
+            title = type(built).__name__.removesuffix("Criterion") or built.name
+            raise PruningError(
+                f"{caller}: {title} needs example_inputs=<a tensor shaped like one input batch, e.g. "
+                "torch.randn(1, 3, 32, 32)>: it runs the model on an input of that shape."
+            )
+        return cls(built, inputs, None if iterations is None else int(iterations), schedule, scope,
+                   None if progress is None else bool(progress), caller)
+
+    def with_data(self, data: Iterable | None, num_batches: int | None = None) -> "ScoringRequest":
+        """This request with the batches ``data`` (required for a data-driven criterion)."""
+        inputs = Inputs(example_inputs=self.inputs.example_inputs, data=data, loss_fn=self.inputs.loss_fn,
+                        num_batches=num_batches)
+        if self.criterion.needs_data:
+            inputs.require_data(self.criterion.name, self.caller)
+        return ScoringRequest(self.criterion, inputs, self.iterations, self.schedule, self.scope, self.progress,
+                              self.caller)
+
+    @property
+    def rounds(self) -> int:
+        """Pruning rounds: ``iterations``, else the criterion's default."""
+        return self.iterations or self.criterion.default_iterations
+
+    def __repr__(self) -> str:
+        return (f"ScoringRequest({self.criterion!r}, rounds={self.rounds}, schedule={self.schedule!r}, "
+                f"scope={self.scope!r})")
+
+
+class ScoringSession:
+    """The private scoring copy of ``model`` for the targets ``params`` of one request.
+
+    Construction resolves and checks the targets (nothing is copied yet); entering the
+    session copies the model, refuses NaN or infinite values in it, puts the copy in
+    eval mode with gradients only for the targets, and runs the criterion's ``prepare``.
+    Inside, gradients are enabled.
+
+    Attributes:
+        request: the :class:`ScoringRequest`.
+        targets: the pruned tensors (:class:`~synflow_plugin.targets.Target`), in ``params`` order.
+        start_masks: their ``torch.nn.utils.prune`` masks when the session began (all True if none).
+        state: the :class:`~synflow_plugin.criteria.ScoringState` the criterion sees (inside the block).
+    """
+
+    def __init__(self, model: nn.Module, params: Iterable[tuple[nn.Module, str]], request: ScoringRequest) -> None:
+        self.request = request
+        self.targets: list[Target] = resolve_targets(model, params, caller=request.caller)
+        self.start_masks = [current_mask(model.get_submodule(t.module_name), t.name) for t in self.targets]
+        self._model = model
+        self.state: ScoringState | None = None
+        self._grad: torch.enable_grad | None = None
+
+    @property
+    def criterion(self) -> Criterion:
+        return self.request.criterion
+
+    def __enter__(self) -> "ScoringSession":
+        self._grad = torch.enable_grad()
+        self._grad.__enter__()
+        try:
+            self.state = _scoring_state(self._model, self.targets, self.request.inputs, self.criterion)
+        except BaseException:
+            self._grad.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.state = None  # the copy goes with it
+        self._grad.__exit__(*exc)
+
+    def _live_state(self) -> ScoringState:
+        if self.state is None:
+            raise PruningError("a ScoringSession scores only inside its with-block: `with ScoringSession(...) as s:`")
+        return self.state
+
+    def scores(self) -> list[torch.Tensor]:
+        """One round: what the criterion's ``score`` returns (before ``times_weight`` /
+        ``ranks_magnitude``), checked to give one tensor per target, shaped like it."""
+        state = self._live_state()
+        scores = self.criterion.score(state)
+        if len(scores) != len(state.targets):
+            raise PruningError(
+                f"criterion {self.criterion.name} returned {len(scores)} score tensors for "
+                f"{len(state.targets)} targets"
+            )
+        for target, score in zip(state.targets, scores):
+            if tuple(score.shape) != tuple(target.shape):
+                raise PruningError(
+                    f"criterion {self.criterion.name} returned scores of shape {tuple(score.shape)} for "
+                    f"'{target.qualified_name}' of shape {tuple(target.shape)}"
+                )
+        return scores
+
+    def ranked_scores(self) -> list[torch.Tensor]:
+        """One round of the scores that are ranked, for every weight (:meth:`Criterion.finish`)."""
+        return self.criterion.finish(self._live_state(), self.scores())
+
+    def warn_zero_flow(self, all_zero: list[bool]) -> None:
+        """Warn about the targets whose every score is zero (``all_zero``, one flag per target)."""
+        state = self._live_state()
+        dead = [t.qualified_name for t, flag in zip(state.targets, all_zero) if flag]
+        if not dead:
+            return
+        zero_bn = [
+            name for name, m in state.model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.any()
+        ]
+        cause = (
+            f" BatchNorm layers with an all-zero weight block the flow: {', '.join(zero_bn)} "
+            "(e.g. zero_init_residual); pass batchnorm='identity' to score as if BatchNorm were identity."
+            if zero_bn and "batchnorm" in vars(self.criterion)
+            else " Nothing downstream depends on them at initialisation (zero weights or gradients)."
+        )
+        warnings.warn(
+            f"{self.criterion.name}: every score of {', '.join(dead)} is zero, so "
+            f"{'it' if len(dead) == 1 else 'they'} will be pruned first (layer collapse).{cause}",
+            ZeroFlowWarning,
+            stacklevel=5,
+        )
+
+
+def _check_finite(model: nn.Module) -> None:
+    """Refuse a model holding NaN or infinite values: every criterion would rank garbage."""
+    with torch.no_grad():
+        for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+            for name, tensor in named:
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise PruningError(
+                        f"the model's {kind} '{name}' holds {bad} NaN or infinite value"
+                        f"{'s' if bad > 1 else ''}; scores computed from it would be meaningless. "
+                        "Re-initialise or repair that tensor before pruning."
+                    )
+
+
+def _scoring_state(model: nn.Module, targets: list[Target], inputs: Inputs, criterion: Criterion) -> ScoringState:
+    copy = scoring_copy(model)
+    _check_finite(copy)
+    copy.eval()
+    for p in copy.parameters():
+        p.requires_grad_(False)
+    params = [copy.get_submodule(t.module_name)._parameters[t.name] for t in targets]
+    for p in params:
+        p.requires_grad_(True)
+        if not p.data.is_contiguous():  # e.g. channels_last: flat views must alias the data
+            p.data = p.data.contiguous()
+    state = ScoringState(model=copy, targets=targets, params=params, initial=[], inputs=inputs)
+    criterion.prepare(state)
+    state.initial = [p.detach().clone() for p in params] if criterion.revives else [p.detach() for p in params]
+    return state
