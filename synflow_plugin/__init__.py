@@ -7,6 +7,9 @@
 ...                           amount=0.9, model=model, example_inputs=torch.randn(1, 16))
 >>> sum(int(m.weight_mask.sum()) for m in (model[0], model[2]))
 32
+
+Any registered criterion, a plugin's included, is a method through
+``pruning_method(name)``; ``pruning_method("synflow") is SynFlow``.
 """
 
 __version__ = "0.1.0"
@@ -24,6 +27,7 @@ from synflow_plugin.adapters.torch_prune import (
     grasp_unstructured,
     itersnip_unstructured,
     magnitude_unstructured,
+    pruning_method,
     random_unstructured,
     snip_unstructured,
     synflow_unstructured,
@@ -35,6 +39,7 @@ from synflow_plugin.targets import clone_model, prunable_parameters
 
 __all__ = [
     # torch.nn.utils.prune methods
+    "pruning_method",
     "PaIPruningMethod",
     "Random",
     "Magnitude",

@@ -5,9 +5,9 @@ r"""The ``synflow-plugin`` command line (also ``python -m synflow_plugin``).
     synflow-plugin list [--json]
     synflow-plugin prune MODEL -c CRITERION (--amount A | --compression C) -o OUT.pt [options]
     synflow-plugin collapse MODEL [--criteria C,C,...] [--max-exponent 6] [--step 0.25] [options]
-    synflow-plugin train (CHECKPOINT | MODEL) --dataset NAME [--epochs 10] [-o OUT.pt] [options]
-    synflow-plugin export CHECKPOINT -o OUT.onnx [--compact] [--sparse-initializers]
-    synflow-plugin bench FILE.onnx|CHECKPOINT ... [--batch-sizes 1,8]
+    synflow-plugin train (CHECKPOINT | MODEL) --dataset NAME [--epochs 10] [-o OUT.pt] [--factory F] [options]
+    synflow-plugin export CHECKPOINT -o OUT.onnx [--compact] [--sparse-initializers] [--factory F]
+    synflow-plugin bench FILE.onnx|CHECKPOINT ... [--batch-sizes 1,8] [--factory F]
     synflow-plugin demo [--quick] [--out runs/demo] [--cifar-root DIR]
 
 MODEL is a zoo name (``synflow-plugin list``) or ``package.module:factory`` for your
@@ -15,20 +15,30 @@ own network (a callable returning an ``nn.Module``; ``--model-option k=v`` are p
 to it). Compression is the ratio of all weights to the weights kept: ``--compression
 100`` (also ``100x``, ``1e2`` or ``10^2``) is ``--amount 0.99``.
 
+A factory named on the command line (MODEL of ``prune`` / ``collapse``, ``--factory``)
+is imported from ``sys.path`` and, as ``python -m`` would, the working directory, for
+that import only. A checkpoint that names a factory is data: ``train``, ``export`` and
+``bench`` import its factory only when ``--factory`` names that same factory.
+
 Checkpoints are plain dicts that load with ``torch.load(path, weights_only=True)``
-(see :mod:`synflow_plugin.checkpoint`). Exit status: 0 on success, 2 for a bad
-argument (with argparse's usage line and the valid choices).
+(see :mod:`synflow_plugin.checkpoint`). No command replaces an existing file unless
+``--overwrite`` is given. Exit status: 0 on success, 2 for a bad argument (with
+argparse's usage line and the valid choices), 1 when stdout is closed early (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import importlib
 import json
 import math
+import os
 import re
 import shlex
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -55,8 +65,15 @@ def parse_compression(text: str) -> float:
     match = re.fullmatch(r"10(?:\^|\*\*)([-+]?\d*\.?\d+)", raw)
     try:
         value = 10.0 ** float(match.group(1)) if match else float(raw[:-1] if raw.endswith("x") else raw)
+    except OverflowError:
+        value = math.inf
     except ValueError:
         value = float("nan")
+    if value == math.inf:
+        raise argparse.ArgumentTypeError(
+            f"invalid compression {text!r}: too large for a float; any compression above the number of "
+            "weights already prunes every weight (give e.g. 10^6)"
+        )
     if not (math.isfinite(value) and value >= 1.0):
         raise argparse.ArgumentTypeError(
             f"invalid compression {text!r}: give a ratio >= 1 of all weights to kept weights, "
@@ -109,8 +126,10 @@ def _positive_float(text: str) -> float:
 
 
 def _int_list(text: str) -> tuple[int, ...]:
+    # every item must be an integer: "1,x" or "1,,8" are refused, not read as (1,) or (1, 8)
+    items = re.split(r"\s*[,x]\s*|\s+", text.strip())
     try:
-        values = tuple(int(v) for v in re.split(r"[,x ]+", text.strip()) if v)
+        values = tuple(int(v) for v in items)
     except ValueError:
         values = ()
     if not values or any(v < 0 for v in values):
@@ -118,9 +137,23 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        values = _int_list(text)
+    except argparse.ArgumentTypeError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"invalid batch sizes {text!r}: give comma-separated positive integers, "
+                                         "e.g. 1,8")
+    return values
+
+
 def _shape(text: str) -> tuple[int, ...]:
-    values = _int_list(text)
-    if any(v < 1 for v in values):
+    try:
+        values = _int_list(text)
+    except argparse.ArgumentTypeError:
+        values = ()
+    if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"invalid shape {text!r}: give positive integers, e.g. 3,32,32")
     return values
 
@@ -145,21 +178,22 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the examples' line breaks; defaults are written into the help texts."""
 
 
-_DESCRIPTIONS = {
-    "random": "uniformly random mask (baseline)",
-    "magnitude": "keep the largest |w| (baseline)",
-    "snip": "|w * dL/dw| on a batch (Lee et al. 2019)",
-    "grasp": "gradient signal preservation, w * Hg (Wang et al. 2020)",
-    "synflow": "iterative synaptic flow, data-free (Tanaka et al. 2020)",
-    "itersnip": "SNIP re-scored every round (de Jorge et al. 2021)",
-    "force": "iterative SNIP, pruned weights may return (de Jorge et al. 2021)",
-}
-
-
 def _common(parser: argparse.ArgumentParser, threads_help: str = "torch's choice") -> None:
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help=f"torch intra-op threads (default: {threads_help})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _overwrite_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace {what} if it exists (refused by default)")
+
+
+def _factory_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--factory", action="append", default=[], metavar="MODULE:FN",
+                        help="allow a checkpoint that names this user factory to import and call it; it must "
+                             "be the factory the file records (repeatable, one per factory). Without it, a "
+                             "checkpoint of a user factory is refused and nothing is imported")
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +207,8 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-option", type=_key_value, action="append", default=[], metavar="NAME=VALUE",
                         help="factory keyword, repeatable, e.g. width_multiplier=0.5")
     parser.add_argument("--seed", type=_nonnegative_int, default=0,
-                        help="seed of the initialisation, the calibration batch and random scores (default: %(default)s)")
+                        help="seed of the initialisation, the calibration batch and of seeded criteria such as "
+                             "random (default: %(default)s)")
 
 
 def _data_args(parser: argparse.ArgumentParser, required: bool = False, what: str = "data-driven criteria") -> None:
@@ -202,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("list", formatter_class=_Formatter, help="criteria, models and data sets",
-                       description="List the criteria (and whether they need data), the model zoo and the data sets.")
+                       description="List the registered criteria (installed plugins' too) with what each needs "
+                                   "(data, an example input, a seed) and its rounds, the model zoo and the data sets.")
     p.add_argument("--json", action="store_true", help="print JSON")
     _common(p)
 
@@ -222,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--amount", type=_amount, help="fraction of the weights to prune, in [0, 1]")
     group.add_argument("--compression", type=parse_compression,
                        help="all weights / kept weights: 100, 100x, 1e2 or 10^2")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write the checkpoint even when --amount / --compression prunes every weight "
+                        "(refused by default: no layer would keep a weight)")
     p.add_argument("--scope", choices=SCOPES, default="global",
                    help="global ranking (the paper; default), the same fraction per layer (local, uniform) or ERK budgets")
     p.add_argument("--iterations", type=_positive_int, default=None,
@@ -236,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     sanity.add_argument("--reinit", action="store_true", help="re-draw the kept weights after pruning")
     p.add_argument("-o", "--output", required=True, metavar="OUT.pt", help="checkpoint to write")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the layer report as JSON")
+    _overwrite_arg(p, "OUT.pt and the --json file")
     _common(p)
 
     p = sub.add_parser(
@@ -253,13 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coarse-step", type=_positive_float, default=1.0,
                    help="step of the first, coarse pass; >= --step gives a plain linear sweep (default: %(default)s)")
     p.add_argument("--iterations", type=_positive_int, default=None,
-                   help="SynFlow rounds (default 100, the paper's)")
+                   help="rounds of the iterative criteria, those with more than one round in `synflow-plugin "
+                        "list` (default: each one's own, SynFlow 100 as the paper); one-shot criteria stay one-shot")
     _data_args(p)
     p.add_argument("--proxy-data", action="store_true",
                    help="SNIP/GraSP score on the demo's proxy batch (real 8x8 digits upsampled to the input "
                         "size) instead of --dataset; for image models when CIFAR is not at hand")
     p.add_argument("--json", metavar="FILE", default=None, help="write every pruned point as JSON")
     p.add_argument("--plot", metavar="FILE.png", default=None, help="plot per-layer densities (needs matplotlib)")
+    _overwrite_arg(p, "the --json and --plot files")
     _common(p)
 
     from synflow_plugin.train import OPTIMIZERS
@@ -285,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     sanity.add_argument("--reinit", action="store_true", help="re-draw the kept weights")
     p.add_argument("-o", "--output", default=None, metavar="OUT.pt", help="write the trained checkpoint")
     p.add_argument("--json", metavar="FILE", default=None, help="write the training history as JSON")
+    _overwrite_arg(p, "OUT.pt and the --json file")
+    _factory_arg(p)
     _common(p)
 
     p = sub.add_parser(
@@ -298,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove all-zero channels (needs torch-pruning; default: when installed)")
     p.add_argument("--sparse-initializers", action="store_true", help="store sparse weights in COO form")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-torch check")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    _overwrite_arg(p, "OUT.onnx")
+    _factory_arg(p)
     _common(p)
 
     p = sub.add_parser(
@@ -308,11 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  synflow-plugin bench dense.onnx pruned.onnx --batch-sizes 1,8",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help=".onnx files or checkpoints")
-    p.add_argument("--batch-sizes", type=_int_list, default=(1, 8), help="comma-separated (default: 1,8)")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=(1, 8),
+                   help="comma-separated positive integers (default: 1,8)")
     p.add_argument("--repeat", type=_positive_int, default=30, help="timed runs per model and batch size (default: %(default)s)")
     p.add_argument("--warmup", type=_nonnegative_int, default=5, help="untimed runs first (default: %(default)s)")
     p.add_argument("--ort-threads", type=_positive_int, default=1, help="ONNX Runtime intra-op threads (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", default=None, help="write the report as JSON")
+    _overwrite_arg(p, "the --json file")
+    _factory_arg(p)
     _common(p)
 
     from synflow_plugin.demo import EXPERIMENTS
@@ -354,6 +402,8 @@ def _spec_and_data(parser, args, criteria_need_data: bool):
                      "or give package.module:factory)")
     info = DATASETS[args.dataset] if args.dataset else None
     is_zoo = ":" not in args.model
+    if not is_zoo:
+        _import_named_module(args.model)
     num_classes = args.num_classes or (info.num_classes if info else None)
     input_shape = args.input_shape or (info.input_shape if info else None)
     spec = ModelSpec(args.model.strip().lower() if is_zoo else args.model, dict(args.model_option),
@@ -400,10 +450,106 @@ def _build(spec):
     return model, example_inputs_for(model, spec)
 
 
+def _import_named_module(factory: str) -> None:
+    """Import the module of a factory named on the command line, the working directory searched too.
+
+    Console scripts, unlike ``python -m``, do not put the working directory on ``sys.path``,
+    so ``synflow-plugin prune mynets:make`` would not find ``./mynets.py``. The user typed
+    this name, so its module is looked up there as well, for this one import; ``sys.path``
+    is restored afterwards. Nothing a checkpoint names reaches this function unless
+    ``--factory`` names it too.
+    """
+    module_name = factory.partition(":")[0].strip()
+    if not re.fullmatch(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*", module_name):
+        raise PruningError(f"factory {factory!r} should look like 'package.module:function'")
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PruningError(f"cannot import module {module_name!r} of {factory!r}: {exc}; run from the folder that "
+                           "holds it, install its package or add its folder to PYTHONPATH") from exc
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(cwd)
+
+
+def _check_outputs(args, *outputs: tuple[str, Any, str]) -> None:
+    """Refuse, before any work, an output that is a directory, repeated, or exists without --overwrite.
+
+    ``outputs`` are ``(flag, path or None, example file name)``: one rule for every file
+    a command writes.
+    """
+    seen: dict[Path, str] = {}
+    for flag, value, example in outputs:
+        if value is None:
+            continue
+        path = Path(value)
+        if not str(value):
+            raise PruningError(f"argument {flag}: the path is empty; give a file name such as {example!r}")
+        if path.is_dir():
+            raise PruningError(f"argument {flag}: '{path}' is a directory; give a file name such as "
+                               f"'{path / example}'")
+        if path.exists() and not getattr(args, "overwrite", False):
+            raise PruningError(f"argument {flag}: '{path}' already exists; pass --overwrite to replace it, "
+                               "or choose another path")
+        key = path.resolve()
+        if key in seen:
+            raise PruningError(f"argument {flag}: '{path}' is also the {seen[key]} file; give two different paths")
+        seen[key] = flag
+
+
 def _write_json(path, payload) -> None:
+    """Write ``payload`` through a temporary file and a rename, so a failure leaves no partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    text = json.dumps(payload, indent=1, default=str) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes the file private; give it the usual mode
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _load_checkpoints(paths: Sequence[Path], factories: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
+    """``load_checkpoint`` for each path, with the ``--factory`` its file names (if given).
+
+    Every path is checked first: a user factory not among ``factories`` is refused (and
+    nothing imported), as is a ``--factory`` that no checkpoint names.
+    """
+    from synflow_plugin.checkpoint import ModelSpec, load_checkpoint, read_checkpoint
+
+    factories = [f.strip() for f in factories]
+    if not factories:  # load_checkpoint refuses a user factory itself and says how to allow it
+        return [load_checkpoint(path) for path in paths]
+    chosen, named = [], []
+    for path in paths:
+        spec = ModelSpec.from_dict(read_checkpoint(path)["model"], source=f"checkpoint '{path}'")
+        named.append(spec.spec)
+        if spec.is_zoo:
+            chosen.append(None)
+        elif spec.spec in factories:
+            chosen.append(spec.spec)
+        else:
+            raise PruningError(f"checkpoint '{path}' names the factory {spec.spec!r}, which is not among --factory "
+                               f"{', '.join(factories)}; if you trust it, add --factory {spec.spec} "
+                               "(it is imported and called)")
+    unused = [f for f in factories if f not in chosen]
+    if unused:
+        raise PruningError(f"argument --factory: no checkpoint given names {', '.join(map(repr, unused))} (they "
+                           f"name: {', '.join(named)}); drop it")
+    for factory in dict.fromkeys(f for f in chosen if f):
+        _import_named_module(factory)
+    return [load_checkpoint(path, factory=factory) for path, factory in zip(paths, chosen)]
 
 
 def _layers_json(model) -> list[dict[str, Any]]:
@@ -413,27 +559,40 @@ def _layers_json(model) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- commands
+def _criteria_table() -> list[dict[str, Any]]:
+    """Every registered criterion, plugins' included, with what it needs (its capabilities)."""
+    from synflow_plugin.criteria import CRITERIA, list_criteria
+
+    rows = []
+    for name in list_criteria():
+        cls = CRITERIA[name]
+        doc = (cls.__doc__ or "").strip()
+        rows.append({
+            "name": name, "summary": cls.summary or (doc.splitlines()[0].rstrip(".") if doc else ""),
+            "needs_data": bool(cls.needs_data), "needs_example_inputs": bool(cls.needs_example_inputs),
+            "seeded": bool(cls.seeded), "default_iterations": int(cls.default_iterations),
+        })
+    return rows
+
+
 def _cmd_list(parser, args) -> int:
-    from synflow_plugin.criteria import CRITERIA
     from synflow_plugin.data import DATASETS
     from synflow_plugin.models import list_models
 
-    def describe(name: str, cls) -> str:
-        doc = (cls.__doc__ or "").strip()
-        return _DESCRIPTIONS.get(name) or (doc.splitlines()[0].rstrip(".") if doc else "")
-
-    criteria = [{"name": name, "needs_data": cls.needs_data, "default_iterations": cls.default_iterations,
-                 "description": describe(name, cls)} for name, cls in CRITERIA.items()]
+    criteria = _criteria_table()
     datasets = [{"name": d.name, "input_shape": list(d.input_shape), "num_classes": d.num_classes,
                  "needs_root": d.needs_root, "source": d.source} for d in DATASETS.values()]
     if args.json:
         print(json.dumps({"criteria": criteria, "models": list_models(), "datasets": datasets}, indent=1))
         return 0
-    print("criteria:")
-    print(f"  {'name':<10} {'needs data':<11} {'rounds':>6}  description")
+    width = max([len("name")] + [len(c["name"]) for c in criteria])
+    print("criteria (data: reads labelled batches, --dataset; inputs: runs the model on an example input; "
+          "seeded: uses --seed):")
+    print(f"  {'name':<{width}}  {'data':<4}  {'inputs':<6}  {'seeded':<6}  {'rounds':>6}  summary")
+    yes = {True: "yes", False: "no"}
     for c in criteria:
-        print(f"  {c['name']:<10} {'yes' if c['needs_data'] else 'no':<11} {c['default_iterations']:>6}  "
-              f"{c['description']}")
+        print(f"  {c['name']:<{width}}  {yes[c['needs_data']]:<4}  {yes[c['needs_example_inputs']]:<6}  "
+              f"{yes[c['seeded']]:<6}  {c['default_iterations']:>6}  {c['summary']}")
     print("\nmodels (or package.module:factory for your own):")
     print("  " + ", ".join(list_models()))
     print("\ndatasets:")
@@ -447,15 +606,17 @@ def _cmd_prune(parser, args) -> int:
 
     from synflow_plugin import sanity
     from synflow_plugin.checkpoint import save_checkpoint
-    from synflow_plugin.criteria import get_criterion
+    from synflow_plugin.demo import criterion_class, criterion_kwargs
     from synflow_plugin.diagnostics import format_report, layer_report
-    from synflow_plugin.masking import compute_masks
+    from synflow_plugin.masking import compute_masks, num_to_prune
     from synflow_plugin.targets import prunable_parameters
 
+    _check_outputs(args, ("-o/--output", args.output, "model.pt"), ("--json", args.json, "report.json"))
     options = dict(args.criterion_option)
-    needs_data = get_criterion(args.criterion).needs_data
+    caps = criterion_class(args.criterion)
+    needs_data = caps.needs_data
     spec, data = _spec_and_data(parser, args, needs_data)
-    if args.criterion == "random":
+    if caps.seeded:
         options.setdefault("seed", args.seed)
     torch.manual_seed(args.seed)
     model, example = _build(spec)
@@ -463,9 +624,24 @@ def _cmd_prune(parser, args) -> int:
     if not params:
         raise PruningError(f"{spec.spec} has no conv or linear layer to prune")
     amount = args.amount if args.amount is not None else 1.0 - 1.0 / args.compression
+    sizes = [getattr(module, name).numel() for module, name in params]
+    total = sum(sizes)
+    if args.scope in ("local", "uniform"):
+        budget = sum(n - num_to_prune(amount, n) for n in sizes)
+    else:
+        budget = total - num_to_prune(amount, total)
+    if budget == 0 and not args.allow_empty:
+        given = f"--amount {args.amount}" if args.amount is not None else f"--compression {args.compression:g}"
+        raise PruningError(
+            f"{given} prunes all {total:,} weights of {spec.spec}: every layer would be empty. Give a smaller "
+            f"--amount or --compression (with --scope global, --compression {total:,} keeps one weight), or pass "
+            "--allow-empty to write the empty model anyway"
+        )
     criterion = sanity.inverted(args.criterion, **options) if args.invert else args.criterion
+    # the seed stays among the options, which an inverted criterion is built with
+    inputs = criterion_kwargs(caps, example_inputs=example, data=data)
     start = time.perf_counter()
-    masks = compute_masks(model, params, criterion, amount, example_inputs=example, data=data,
+    masks = compute_masks(model, params, criterion, amount, **inputs,
                           iterations=args.iterations, schedule=args.schedule, scope=args.scope,
                           progress=_progress(args), caller=f"{PROG} prune",
                           **({} if args.invert else options))
@@ -480,7 +656,10 @@ def _cmd_prune(parser, args) -> int:
     rows = layer_report(model)
     size, kept = sum(r.size for r in rows), sum(r.remaining for r in rows)
     collapsed = [r.name for r in rows if r.collapsed]
-    rounds = args.iterations or get_criterion(args.criterion).default_iterations
+    if kept == 0 and not args.allow_empty:  # the budget check above already refuses this; a safety net
+        raise PruningError(f"pruning left none of the {size:,} weights of {spec.spec}; pass --allow-empty to "
+                           "write such a checkpoint")
+    rounds = args.iterations or caps.default_iterations
     pruning = {
         "criterion": args.criterion, "amount": amount,
         "requested_compression": 1.0 / (1.0 - amount) if amount < 1 else math.inf,
@@ -490,7 +669,7 @@ def _cmd_prune(parser, args) -> int:
         "criterion_options": options, "sanity": {"invert": args.invert, "shuffle": args.shuffle, "reinit": args.reinit},
         "collapsed_layers": collapsed, "seconds": seconds,
     }
-    path = save_checkpoint(args.output, model, spec, pruning=pruning)
+    path = save_checkpoint(args.output, model, spec, pruning=pruning, overwrite=args.overwrite)
     print(format_report(rows))
     print(f"{args.criterion}{' (inverted)' if args.invert else ''}: kept {kept:,} of {size:,} weights "
           f"(compression {size / kept if kept else math.inf:.4g}x, {rounds} round(s), {seconds:.1f} s); "
@@ -503,8 +682,15 @@ def _cmd_prune(parser, args) -> int:
 
 def _cmd_collapse(parser, args) -> int:
     from synflow_plugin.checkpoint import build_model
-    from synflow_plugin.criteria import get_criterion, list_criteria
-    from synflow_plugin.demo import PAPER_CRITICAL_LOG10, _plot_layers, collapse_sweep, settings_for
+    from synflow_plugin.criteria import list_criteria
+    from synflow_plugin.demo import (
+        PAPER_CRITICAL_LOG10,
+        _plot_layers,
+        collapse_sweep,
+        criterion_class,
+        criterion_kwargs,
+        settings_for,
+    )
     from synflow_plugin.masking import ZeroFlowWarning
 
     names = [c.strip().lower() for c in args.criteria.split(",") if c.strip()]
@@ -512,7 +698,9 @@ def _cmd_collapse(parser, args) -> int:
     if bad or not names:
         parser.error(f"argument --criteria: invalid choice: {', '.join(bad) or repr(args.criteria)} "
                      f"(choose from {', '.join(list_criteria())})")
-    needs_data = any(get_criterion(c).needs_data for c in names)
+    _check_outputs(args, ("--json", args.json, "collapse.json"), ("--plot", args.plot, "collapse.png"))
+    capabilities = {name: criterion_class(name) for name in names}
+    needs_data = any(caps.needs_data for caps in capabilities.values())
     spec, data = _spec_and_data(parser, args, needs_data)
     torch.manual_seed(args.seed)
     _, example = _build(spec)
@@ -522,24 +710,21 @@ def _cmd_collapse(parser, args) -> int:
         return build_model(spec)
 
     results, table = {}, []
-    for name in names:
-        kwargs: dict[str, Any] = {}
-        if get_criterion(name).needs_data:
-            kwargs["data"] = data
-        if name == "synflow" and args.iterations:
-            kwargs["iterations"] = args.iterations
-        if name == "random":
-            kwargs["seed"] = args.seed
+    for name, caps in capabilities.items():
+        # --iterations sets the rounds of the iterative criteria; one-shot ones stay one-shot
+        kwargs = criterion_kwargs(caps, example_inputs=example, data=data, iterations=args.iterations,
+                                  seed=args.seed)
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ZeroFlowWarning)
             result = collapse_sweep(model_fn, name, max_exponent=args.max_exponent, coarse_step=args.coarse_step,
-                                    fine_step=args.step, progress=_progress(args), example_inputs=example, **kwargs)
+                                    fine_step=args.step, progress=_progress(args), **kwargs)
         first = next((p for p in result.points if p["collapsed"]), None)
         results[name] = {
             "critical_exponent": result.critical_exponent, "bounded_by_grid": first is None,
             "first_collapse_exponent": None if first is None else first["exponent"],
             "first_collapsed_layers": [] if first is None else first["collapsed"],
+            "iterations": kwargs.get("iterations", caps.default_iterations),
             # the paper's values are for VGG-16-BN on CIFAR-100 only
             "paper_exponent": PAPER_CRITICAL_LOG10.get(name) if spec.spec == "vgg16_bn" else None,
             "points": result.points,
@@ -550,9 +735,10 @@ def _cmd_collapse(parser, args) -> int:
         table.append((name, crit, "-" if first is None else f"{first['exponent']:g}",
                       ", ".join(first["collapsed"][:3]) if first else "", results[name]["seconds"]))
     print(f"{spec.spec}: log10 of the critical compression (grid step {args.step:g}, up to 10^{args.max_exponent:g})")
-    print(f"  {'criterion':<10} {'critical':>8} {'collapse':>8}  {'time':>7}  first collapsed layers")
+    width = max([10] + [len(name) for name in names])
+    print(f"  {'criterion':<{width}} {'critical':>8} {'collapse':>8}  {'time':>7}  first collapsed layers")
     for name, crit, col, layers, secs in table:
-        print(f"  {name:<10} {crit:>8} {col:>8}  {secs:>6.1f}s  {layers}")
+        print(f"  {name:<{width}} {crit:>8} {col:>8}  {secs:>6.1f}s  {layers}")
     if args.json:
         _write_json(args.json, {"model": spec.as_dict(), "step": args.step, "max_exponent": args.max_exponent,
                                 "criteria": results})
@@ -570,7 +756,7 @@ def _cmd_collapse(parser, args) -> int:
 
 def _cmd_train(parser, args) -> int:
     from synflow_plugin import sanity
-    from synflow_plugin.checkpoint import ModelSpec, build_model, load_checkpoint, save_checkpoint
+    from synflow_plugin.checkpoint import ModelSpec, build_model, save_checkpoint
     from synflow_plugin.data import DATASETS, load_dataset
     from synflow_plugin.diagnostics import layer_report
     from synflow_plugin.models import MODELS
@@ -578,9 +764,12 @@ def _cmd_train(parser, args) -> int:
 
     source = Path(args.source)
     info = DATASETS[args.dataset]
+    _check_outputs(args, ("-o/--output", args.output, "trained.pt"), ("--json", args.json, "history.json"))
     if source.is_file():
-        model, blob = load_checkpoint(source)
+        [(model, blob)] = _load_checkpoints([source], args.factory)
         spec, pruning = ModelSpec.from_dict(blob["model"]), dict(blob.get("pruning") or {})
+    elif args.factory:
+        raise PruningError(f"argument --factory: applies to a checkpoint, but {args.source!r} is not a file")
     elif args.source.strip().lower() in MODELS:
         spec = ModelSpec(args.source.strip().lower(), {}, info.num_classes, info.input_shape)
         torch.manual_seed(args.seed)
@@ -611,7 +800,8 @@ def _cmd_train(parser, args) -> int:
           f"{args.dataset}: test accuracy {100 * result.test_accuracy:.2f}% after {args.epochs} epochs "
           f"({result.seconds:.1f} s)")
     if args.output:
-        path = save_checkpoint(args.output, model, spec, pruning=pruning, training=training)
+        path = save_checkpoint(args.output, model, spec, pruning=pruning, training=training,
+                               overwrite=args.overwrite)
         print(f"wrote {path}")
     if args.json:
         _write_json(args.json, {"source": args.source, "pruning": pruning, "training": training})
@@ -619,10 +809,11 @@ def _cmd_train(parser, args) -> int:
 
 
 def _cmd_export(parser, args) -> int:
-    from synflow_plugin.checkpoint import ModelSpec, example_inputs_for, load_checkpoint
+    from synflow_plugin.checkpoint import ModelSpec, example_inputs_for
     from synflow_plugin.export import export_onnx
 
-    model, blob = load_checkpoint(args.checkpoint)
+    _check_outputs(args, ("-o/--output", args.output, "model.onnx"))
+    [(model, blob)] = _load_checkpoints([Path(args.checkpoint)], args.factory)
     model.eval()
     example = example_inputs_for(model, ModelSpec.from_dict(blob["model"]))
     result = export_onnx(model, example, args.output, compact=args.compact,
@@ -633,16 +824,26 @@ def _cmd_export(parser, args) -> int:
 
 
 def _cmd_bench(parser, args) -> int:
-    from synflow_plugin.checkpoint import load_checkpoint
     from synflow_plugin.export import benchmark_onnx
 
-    entries: dict[str, Any] = {}
+    _check_outputs(args, ("--json", args.json, "bench.json"))
+    paths = []
     for name in args.files:
         path = Path(name)
         if not path.is_file():
             parser.error(f"argument FILE: {name!r} does not exist")
+        paths.append(path)
+    checkpoints = [p for p in paths if p.suffix != ".onnx"]
+    models = {}
+    for path, (model, blob) in zip(checkpoints, _load_checkpoints(checkpoints, args.factory)):
+        shape = blob["model"].get("input_shape")
+        if getattr(model, "input_shape", None) is None and shape:
+            model.input_shape = tuple(shape)  # a user factory's model: benchmark_onnx sizes its input from this
+        models[path] = model
+    entries: dict[str, Any] = {}
+    for path in paths:
         key = next(k for k in (path.stem, path.name, str(path)) if k not in entries)
-        entries[key] = str(path) if path.suffix == ".onnx" else load_checkpoint(path)[0].eval()
+        entries[key] = str(path) if path.suffix == ".onnx" else models[path].eval()
     report = benchmark_onnx(entries, batch_sizes=args.batch_sizes, threads=args.ort_threads, warmup=args.warmup,
                             repeat=args.repeat, json_path=args.json, progress=_progress(args), verbose=False)
     print(report.table())
@@ -669,7 +870,30 @@ _COMMANDS = {"list": _cmd_list, "prune": _cmd_prune, "collapse": _cmd_collapse, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (argparse exits with 2 on bad arguments)."""
+    """Run the command line; returns the exit status (argparse exits with 2 on bad arguments).
+
+    A reader that closes stdout early (``synflow-plugin list --json | head``) ends the
+    command with status 1 and no traceback, as the Python documentation recommends for
+    SIGPIPE.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # a closed pipe shows up here, where it can be handled
+    except BrokenPipeError:
+        # Point stdout at devnull so that the interpreter's own flush at exit cannot fail again.
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, sys.stdout.fileno())
+            finally:
+                os.close(devnull)
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)

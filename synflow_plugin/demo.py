@@ -42,7 +42,8 @@ from torch import nn
 from torch.nn.utils import prune
 from tqdm.auto import tqdm
 
-from synflow_plugin.criteria import get_criterion
+from synflow_plugin import criteria as registry
+from synflow_plugin.criteria import Criterion, get_criterion
 from synflow_plugin.diagnostics import CollapseResult, critical_compression, layer_report
 from synflow_plugin.errors import PruningError
 from synflow_plugin.masking import ZeroFlowWarning, compute_masks
@@ -56,6 +57,8 @@ __all__ = [
     "settings_for",
     "collapse_sweep",
     "collapse_calibration",
+    "criterion_kwargs",
+    "criterion_class",
     "run_demo",
     "render_demo",
     "auto_threads",
@@ -87,11 +90,14 @@ class DemoSettings:
     max_exponent: float = 6.0
     coarse_step: float = 1.0
     fine_step: float = 0.25
+    #: Rounds of the iterative criteria (those whose ``default_iterations`` exceeds 1),
+    #: at most: SynFlow's 100 in the paper, fewer in the quick and tiny modes.
     synflow_iterations: int = 100
     calibration_per_class: int = 10
     collapse_seed: int = 0
-    #: Random's critical compression is one draw of a wide distribution (it is set by the
-    #: best-ranked of the first conv's 1,728 weights); its median over these seeds is reported.
+    #: A seeded criterion's critical compression is one draw of a wide distribution (Random's
+    #: is set by the best-ranked of the first conv's 1,728 weights); its median over these
+    #: seeds is reported.
     random_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     # 2. accuracy vs compression
     accuracy_dataset: str = "digits"
@@ -251,17 +257,62 @@ def _seeded(factory: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Modu
     return build
 
 
-def _criterion_kwargs(criterion: str, *, data=None, synflow_iterations: int | None = None,
-                      seed: int = 0) -> dict[str, Any]:
+def criterion_kwargs(
+    criterion: str | Criterion | type[Criterion],
+    *,
+    example_inputs: Any = None,
+    data: Any = None,
+    iterations: int | None = None,
+    max_iterations: int | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of :func:`~synflow_plugin.compute_masks` that ``criterion``
+    takes, read from its capabilities, never from its name.
+
+    ``example_inputs`` go to a criterion that ``needs_example_inputs`` (SynFlow), ``data``
+    to one that ``needs_data`` (SNIP, GraSP), ``seed`` to a ``seeded`` one (Random).
+    ``iterations`` (exactly) or ``max_iterations`` (at most, the criterion's own
+    ``default_iterations`` otherwise) set the rounds of an iterative criterion, one
+    whose ``default_iterations`` exceeds 1; a one-shot criterion stays one-shot.
+
+    Args:
+        criterion: a registry name, or a :class:`~synflow_plugin.criteria.Criterion`
+            (an instance or a class).
+
+    >>> criterion_kwargs("synflow", example_inputs="x", data="d", max_iterations=20, seed=3)
+    {'example_inputs': 'x', 'iterations': 20}
+    >>> criterion_kwargs("random", example_inputs="x", data="d", max_iterations=20, seed=3)
+    {'seed': 3}
+    """
+    if isinstance(criterion, Criterion) or (isinstance(criterion, type) and issubclass(criterion, Criterion)):
+        caps = criterion
+    else:
+        caps = criterion_class(criterion)
     kwargs: dict[str, Any] = {}
-    cls = get_criterion(criterion)
-    if cls.needs_data:
+    if caps.needs_example_inputs:
+        kwargs["example_inputs"] = example_inputs
+    if caps.needs_data:
         kwargs["data"] = data
-    if criterion == "synflow" and synflow_iterations is not None:
-        kwargs["iterations"] = synflow_iterations
-    if criterion == "random":
+    if caps.default_iterations > 1:
+        if iterations is not None:
+            kwargs["iterations"] = iterations
+        elif max_iterations is not None:
+            kwargs["iterations"] = min(caps.default_iterations, max_iterations)
+    if caps.seeded and seed is not None:
         kwargs["seed"] = seed
     return kwargs
+
+
+def criterion_class(name: str) -> type[Criterion]:
+    """The registered class of ``name`` (its capabilities are class attributes), read
+    without building an instance, so a criterion whose options have no defaults works too.
+
+    Raises:
+        PruningError: unknown name; the message lists the registered ones.
+    """
+    if isinstance(name, str) and name.lower() in registry.list_criteria():
+        return registry.CRITERIA[name.lower()]
+    return type(get_criterion(name))  # an unknown name raises the registry's error
 
 
 def _run_collapse(s: DemoSettings, cifar_root, log, progress) -> dict[str, Any]:
@@ -288,16 +339,17 @@ def _run_collapse(s: DemoSettings, cifar_root, log, progress) -> dict[str, Any]:
     for criterion in tqdm(s.collapse_criteria, desc="layer collapse", unit="criterion",
                           disable=(not progress) if progress is not None else None):
         start = time.perf_counter()
-        seeds = s.random_seeds if criterion == "random" else (s.collapse_seed,)
+        caps = criterion_class(criterion)
+        seeds = s.random_seeds if caps.seeded else (s.collapse_seed,)
         sweeps = []
         for seed in seeds:
-            kwargs = _criterion_kwargs(criterion, data=batches, synflow_iterations=s.synflow_iterations,
-                                       seed=seed)
+            kwargs = criterion_kwargs(criterion, example_inputs=example, data=batches,
+                                      max_iterations=s.synflow_iterations, seed=seed)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ZeroFlowWarning)
                 sweeps.append(collapse_sweep(model_fn, criterion, max_exponent=s.max_exponent,
                                              coarse_step=s.coarse_step, fine_step=s.fine_step,
-                                             progress=progress, example_inputs=example, **kwargs))
+                                             progress=progress, **kwargs))
         seconds = time.perf_counter() - start
         exponents = [r.critical_exponent if r.critical_exponent is not None else -1.0 for r in sweeps]
         # the median seed's sweep (the lower median for an even count) stands for the criterion
@@ -313,7 +365,7 @@ def _run_collapse(s: DemoSettings, cifar_root, log, progress) -> dict[str, Any]:
             "first_collapse_exponent": None if first is None else first["exponent"],
             "first_collapsed_layers": [] if first is None else first["collapsed"],
             "paper_exponent": paper,
-            "iterations": kwargs.get("iterations", get_criterion(criterion).default_iterations),
+            "iterations": kwargs.get("iterations", caps.default_iterations),
             "points": result.points,
             "densities": result.densities,
             "prunes": sum(len(r.points) for r in sweeps),
@@ -326,7 +378,8 @@ def _run_collapse(s: DemoSettings, cifar_root, log, progress) -> dict[str, Any]:
         bound = " (nothing collapsed up to the grid's end)" if first is None else (
             f", first collapse at 10^{first['exponent']:g}: {', '.join(first['collapsed'][:3])}"
             f"{' ...' if len(first['collapsed']) > 3 else ''}")
-        log(f"[collapse] {criterion:>9}: critical compression {crit}{bound}; paper 10^{paper}  "
+        log(f"[collapse] {criterion:>9}: critical compression {crit}{bound}; "
+            f"{'paper 10^' + str(paper) if paper is not None else 'not in the paper'}  "
             f"[{out['criteria'][criterion]['prunes']} prunes, {seconds:.1f} s]")
     return out
 
@@ -355,12 +408,14 @@ def _prune_and_train(s: DemoSettings, train, test, info, calibration_batches, *,
     start = time.perf_counter()
     if criterion is not None and exponent > 0:
         calib = calibration_batches(train, samples_per_class=s.calibration_per_class, seed=seed)
-        kwargs = _criterion_kwargs(criterion, data=calib, seed=seed)
-        method = checks.inverted(criterion) if sanity == "invert" else criterion
+        kwargs = criterion_kwargs(criterion, example_inputs=torch.randn(1, *info.input_shape), data=calib,
+                                  seed=seed)
+        method = criterion
+        if sanity == "invert":  # the inverted criterion is built here, so its options go to it
+            method = checks.inverted(criterion, **({"seed": kwargs.pop("seed")} if "seed" in kwargs else {}))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ZeroFlowWarning)
-            masks = compute_masks(model, params, method, 1.0 - 10.0 ** -exponent,
-                                  example_inputs=torch.randn(1, *info.input_shape), **kwargs)
+            masks = compute_masks(model, params, method, 1.0 - 10.0 ** -exponent, **kwargs)
         for (module, name), mask in zip(params, masks):
             prune.custom_from_mask(module, name, mask)
         if sanity == "shuffle":
@@ -710,11 +765,12 @@ def _report(results: dict[str, Any], s: DemoSettings) -> str:
         syn = c["criteria"].get("synflow", {}).get("critical_exponent")
         others = [v["critical_exponent"] for k, v in c["criteria"].items()
                   if k != "synflow" and v["critical_exponent"] is not None]
+        paper_others = [PAPER_CRITICAL_LOG10[k] for k in c["criteria"] if k in PAPER_CRITICAL_LOG10 and k != "synflow"]
         if syn is not None and others:
-            paper_gap = PAPER_CRITICAL_LOG10["synflow"] - max(
-                PAPER_CRITICAL_LOG10[k] for k in c["criteria"] if k in PAPER_CRITICAL_LOG10 and k != "synflow")
+            paper_gap = (f" (paper: {PAPER_CRITICAL_LOG10['synflow'] - max(paper_others):+.2f})"
+                         if paper_others else "")
             lines += ["", f"SynFlow's critical compression is {syn - max(others):+g} orders of magnitude beyond the best "
-                          f"other criterion's here (paper: {paper_gap:+.2f})."]
+                          f"other criterion's here{paper_gap}."]
         lines += ["", "![per-layer density](collapse_layers.png)", "",
                   "![critical compression](critical_compression.png)", ""]
     if "accuracy" in results:

@@ -111,7 +111,11 @@ class _Segment:
     outside: int = 0
 
     def scan_arguments(self, score: np.ndarray, weight: np.ndarray | None, lo: float, hi: float) -> tuple:
-        """The arguments of this segment's :func:`~synflow_plugin._kernels.score_passes` pass."""
+        """The arguments of this segment's :func:`~synflow_plugin._kernels.score_passes` pass.
+
+        ``below`` and ``band`` have room for every survivor, but a pass writes only the
+        entries it finds, from the start: the pages past them are never touched, so they
+        take address space, not memory."""
         if self.band_score is None or self.band_score.dtype != score.dtype:
             size = self.pos.size
             self.below, self.band = np.empty(size, np.int32), np.empty(size, np.int32)
@@ -141,7 +145,8 @@ class Survivors:
     """The weights each target may still lose, over the rounds of one pruning call.
 
     Args:
-        positions: per target, the ascending flat positions the call may prune.
+        positions: per target, the ascending flat positions the call may prune (an int32
+            array starting at 0 is taken over as it is, not copied).
         revivable: keep the starting positions for :meth:`reset` (criteria that revive).
         threads: the scoring passes run on this many threads of torch's own OpenMP
             team, where there is one (see :func:`~synflow_plugin._kernels.score_passes`).
@@ -157,7 +162,10 @@ class Survivors:
         segments, a = [], 0
         while a < positions.size:
             b = a + int(np.searchsorted(positions[a:], int(positions[a]) + _MAX_SPAN))
-            offsets = np.subtract(positions[a:b], positions[a], out=np.empty(b - a, np.int32), casting="unsafe")
+            if a == 0 and b == positions.size and positions.dtype == np.int32 and positions[0] == 0:
+                offsets = positions  # already the offsets: taken over, not copied
+            else:
+                offsets = np.subtract(positions[a:b], positions[a], out=np.empty(b - a, np.int32), casting="unsafe")
             segments.append(_Segment(target, int(positions[a]), offsets, offsets.size, offsets.size,
                                      offsets.copy() if revivable else None))
             a = b

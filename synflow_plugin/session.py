@@ -136,14 +136,15 @@ class ScoringSession:
     Attributes:
         request: the :class:`ScoringRequest`.
         targets: the pruned tensors (:class:`~synflow_plugin.targets.Target`), in ``params`` order.
-        start_masks: their ``torch.nn.utils.prune`` masks when the session began (all True if none).
+        start_masks: their ``torch.nn.utils.prune`` masks when the session began (an
+            all-True read-only view for a tensor without one).
         state: the :class:`~synflow_plugin.criteria.ScoringState` the criterion sees (inside the block).
     """
 
     def __init__(self, model: nn.Module, params: Iterable[tuple[nn.Module, str]], request: ScoringRequest) -> None:
         self.request = request
         self.targets: list[Target] = resolve_targets(model, params, caller=request.caller)
-        self.start_masks = [current_mask(model.get_submodule(t.module_name), t.name) for t in self.targets]
+        self.start_masks = [_start_mask(model.get_submodule(t.module_name), t.name) for t in self.targets]
         self._model = model
         self.state: ScoringState | None = None
         self._grad: torch.enable_grad | None = None
@@ -215,6 +216,15 @@ class ScoringSession:
             ZeroFlowWarning,
             stacklevel=5,
         )
+
+
+def _start_mask(module: nn.Module, name: str) -> torch.Tensor:
+    """The target's ``torch.nn.utils.prune`` mask, or, when it has none, an all-True view
+    that takes no memory (read-only: an expanded scalar)."""
+    if f"{name}_mask" in module._buffers:
+        return current_mask(module, name)
+    tensor = module._parameters[name]
+    return torch.ones((), dtype=torch.bool, device=tensor.device).expand(tensor.shape)
 
 
 def _check_finite(model: nn.Module) -> None:

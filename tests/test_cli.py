@@ -1,4 +1,9 @@
-"""The ``synflow-plugin`` command line, end to end on tiny models, and the demo on a reduced grid."""
+"""The ``synflow-plugin`` command line, end to end on tiny models, and the demo on a reduced grid.
+
+Commands run in-process through :func:`synflow_plugin.cli.main` (the same code the
+console script runs); a subprocess is used only where the process boundary is what
+is tested: ``python -m synflow_plugin`` and the console script, and one ``prune``.
+"""
 
 import json
 import os
@@ -11,7 +16,7 @@ import pytest
 import torch
 
 from synflow_plugin.cli import main, parse_compression
-from synflow_plugin.criteria import list_criteria
+from synflow_plugin.criteria import get_criterion, list_criteria
 from synflow_plugin.demo import PAPER_CRITICAL_LOG10, collapse_sweep
 from synflow_plugin.models import create_model, list_models
 
@@ -83,6 +88,16 @@ def test_parse_compression(text, value):
     (["train", "conv", "--dataset", "svhn"], "argument --dataset: invalid choice: 'svhn' (choose from 'cifar10'"),
     (["demo", "--skip", "everything"], "argument --skip: invalid choice: 'everything' (choose from 'collapse'"),
     (["bench", "missing.onnx"], "argument FILE: 'missing.onnx' does not exist"),
+    (["bench", "missing.onnx", "--batch-sizes", "1,x"], "argument --batch-sizes: invalid batch sizes '1,x'"),
+    (["bench", "missing.onnx", "--batch-sizes", "0,8"], "argument --batch-sizes: invalid batch sizes '0,8'"),
+    (["prune", "conv", "-c", "synflow", "--compression", "10^400", "-o", "x.pt"],
+     "argument --compression: invalid compression '10^400': too large for a float"),
+    (["prune", "conv", "--input-shape", "1,x,8", "-c", "synflow", "--compression", "10", "-o", "x.pt"],
+     "argument --input-shape: invalid shape '1,x,8'"),
+    (["prune", "conv", "-c", "synflow", "--compression", "10", "-o", "x.pt", "--json", "x.pt"],
+     "argument --json: 'x.pt' is also the -o/--output file"),
+    (["train", "conv", "--dataset", "digits", "--factory", "m:f"],
+     "argument --factory: applies to a checkpoint, but 'conv' is not a file"),
     (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate' (choose from 'list', 'prune'"),
 ])
 def test_bad_arguments_exit_2_with_the_valid_choices(argv, message, capsys, tmp_path, monkeypatch):
@@ -102,9 +117,44 @@ def test_list_json_reports_criteria_models_and_datasets(capsys):
     needs = {c["name"]: c["needs_data"] for c in blob["criteria"]}
     assert needs == {"random": False, "magnitude": False, "snip": True, "grasp": True, "synflow": False,
                      "itersnip": True, "force": True}
-    assert {c["name"]: c["default_iterations"] for c in blob["criteria"]}["synflow"] == 100
+    by_name = {c["name"]: c for c in blob["criteria"]}
+    assert by_name["synflow"]["default_iterations"] == 100 and by_name["itersnip"]["default_iterations"] == 10
+    assert [n for n, c in by_name.items() if c["needs_example_inputs"]] == ["synflow"]
+    assert [n for n, c in by_name.items() if c["seeded"]] == ["random"]
+    assert by_name["synflow"]["summary"] == get_criterion("synflow").summary
+    assert all(c["summary"] for c in blob["criteria"])
     assert blob["models"] == list_models()
     assert {d["name"] for d in blob["datasets"]} == {"mnist1d", "digits", "cifar10", "cifar100"}
+
+
+def test_list_table_shows_each_criterion_with_its_capabilities(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:5] for line in out.split("\n\n")[0].splitlines()[2:]}
+    assert list(rows) == list_criteria()
+    assert rows["synflow"] == ["no", "yes", "no", "100"]  # data, inputs, seeded, rounds
+    assert rows["snip"] == ["yes", "no", "no", "1"]
+    assert rows["random"] == ["no", "no", "yes", "1"]
+    assert get_criterion("force").summary in out
+
+
+def test_prune_seeds_a_seeded_criterion_from_seed(tmp_path, capsys):
+    def masks(seed, *extra):
+        out = tmp_path / f"r{seed}{len(extra)}.pt"
+        assert main(["prune", *MLP, "-c", "random", "--amount", "0.5", "--seed", str(seed), "-o", str(out),
+                     "--no-progress", *extra]) == 0
+        return torch.load(out, weights_only=True)
+
+    first, again, other = masks(0), masks(0, "--overwrite"), masks(1)
+    assert first["pruning"]["criterion_options"] == {"seed": 0}
+    assert other["pruning"]["criterion_options"] == {"seed": 1}
+    assert all(torch.equal(first["masks"][k], again["masks"][k]) for k in first["masks"])
+    assert any(not torch.equal(first["masks"][k], other["masks"][k]) for k in first["masks"])
+    # an explicit criterion option wins; the scores, drawn from it alone, give the seed-0 mask
+    explicit = masks(1, "--criterion-option", "seed=0")
+    assert explicit["pruning"]["criterion_options"] == {"seed": 0}
+    assert all(torch.equal(first["masks"][k], explicit["masks"][k]) for k in first["masks"])
+    capsys.readouterr()
 
 
 def test_prune_in_process_writes_exact_counts_and_sanity_options(tmp_path, capsys):
@@ -135,7 +185,191 @@ def test_collapse_sweep_coarse_to_fine_matches_the_linear_sweep():
     assert [p["exponent"] for p in fine.points] == sorted(p["exponent"] for p in fine.points)
 
 
-# --------------------------------------------------------------------------- end to end (subprocess)
+# --------------------------------------------------------------------------- files and checkpoints (in process)
+MLP = ["mlp", "--input-shape", "1,8,8", "--model-option", "depth=2", "--model-option", "width=8"]
+FACTORY_MODULE = """\
+import pathlib
+from torch import nn
+
+pathlib.Path({marker!r}).write_text("imported")  # shows whether the module was imported
+
+
+def make(hidden=8):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+"""
+
+
+def prune_mlp(out, *extra):
+    return main(["prune", *MLP, "-c", "magnitude", "--amount", "0.5", "-o", str(out), "--no-progress", *extra])
+
+
+def exit_code_and_err(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.fixture
+def factory_module(tmp_path, monkeypatch):
+    """A factory module in the working directory (tmp_path), not on sys.path; forgotten afterwards."""
+    name = f"cli_nets_{tmp_path.name}".replace("-", "_")
+    marker = tmp_path / "IMPORTED"
+    (tmp_path / f"{name}.py").write_text(FACTORY_MODULE.format(marker=str(marker)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd(), str(tmp_path))])
+    yield name, marker
+    sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "evil.pt", "-o", "evil.onnx"],
+    ["export", "evil.pt", "-o", "evil.onnx", "--factory", "os.path:join"],
+    ["train", "evil.pt", "--dataset", "digits", "--epochs", "1", "-o", "evil_trained.pt"],
+    ["bench", "evil.pt", "--repeat", "1", "--warmup", "0", "--json", "evil.json"],
+    ["bench", "evil.pt", "--repeat", "1", "--factory", "subprocess:call"],
+])
+def test_a_checkpoint_naming_a_command_runs_nothing(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": "synflow-plugin-checkpoint", "format_version": 1,
+                "model": {"spec": "subprocess:run", "options": {"args": "touch PWNED", "shell": True},
+                          "num_classes": None, "input_shape": [1, 8, 8]},
+                "state_dict": {}, "masks": {}}, tmp_path / "evil.pt")
+    path_before = list(sys.path)
+    code, err = exit_code_and_err(argv, capsys)
+    assert code == 2
+    assert "names the user factory 'subprocess:run'" in err or "names the factory 'subprocess:run'" in err
+    assert "--factory subprocess:run" in err
+    assert not (tmp_path / "PWNED").exists()
+    assert sorted(os.listdir(tmp_path)) == ["evil.pt"]  # and no output written
+    assert sys.path == path_before
+
+
+def test_a_user_factory_from_the_working_directory(factory_module, tmp_path, capsys):
+    name, marker = factory_module
+    path_before = list(sys.path)
+    assert main(["prune", f"{name}:make", "--model-option", "hidden=8", "--input-shape", "1,8,8", "-c", "magnitude",
+                 "--amount", "0.5", "-o", "u.pt", "--no-progress"]) == 0  # named on the command line: imported
+    assert sys.path == path_before and marker.exists()
+    pruned = torch.load(tmp_path / "u.pt", weights_only=True)
+    assert pruned["model"]["spec"] == f"{name}:make"
+    sys.modules.pop(name)
+    marker.unlink()
+
+    code, err = exit_code_and_err(["train", "u.pt", "--dataset", "digits", "--epochs", "1", "-o", "t.pt"], capsys)
+    assert code == 2 and f"names the user factory '{name}:make'" in err and f"--factory {name}:make" in err
+    assert not marker.exists() and not (tmp_path / "t.pt").exists()
+    code, err = exit_code_and_err(["export", "u.pt", "-o", "u.onnx", "--factory", f"{name}:other"], capsys)
+    assert code == 2 and f"names the factory '{name}:make', which is not among --factory {name}:other" in err
+    assert not marker.exists()
+
+    assert main(["train", "u.pt", "--dataset", "digits", "--epochs", "1", "-o", "t.pt", "--factory", f"{name}:make",
+                 "--no-progress"]) == 0
+    assert marker.exists() and sys.path == path_before
+    trained = torch.load(tmp_path / "t.pt", weights_only=True)
+    assert trained["model"] == pruned["model"]
+    assert trained["masks"].keys() == pruned["masks"].keys()
+    for key, mask in pruned["masks"].items():
+        assert torch.equal(trained["masks"][key], mask)
+        assert not trained["state_dict"][key][~mask].any()
+
+    if not (has("onnx") and has("onnxruntime")):
+        pytest.skip("onnx / onnxruntime not installed")
+    sys.modules.pop(name)
+    assert main(["export", "t.pt", "-o", "t.onnx", "--no-compact", "--factory", f"{name}:make"]) == 0
+    assert (tmp_path / "t.onnx").stat().st_size > 0
+    assert main(["bench", "t.onnx", "u.pt", "--factory", f"{name}:make", "--batch-sizes", "1", "--repeat", "1",
+                 "--warmup", "0", "--json", "b.json", "--no-progress"]) == 0
+    bench = json.loads((tmp_path / "b.json").read_text())
+    assert [m["name"] for m in bench["models"]] == ["t", "u"]
+    assert sys.path == path_before
+
+
+def test_factory_must_be_named_by_some_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert prune_mlp("p.pt") == 0
+    code, err = exit_code_and_err(["export", "p.pt", "-o", "p.onnx", "--factory", "mypkg.nets:make"], capsys)
+    assert code == 2
+    assert "argument --factory: no checkpoint given names 'mypkg.nets:make' (they name: mlp); drop it" in err
+    assert not (tmp_path / "p.onnx").exists()
+
+
+def existing_output_argv(command, flag):
+    """An argv of ``command`` whose ``flag`` names the existing file 'old.out'."""
+    base = {
+        "prune": ["prune", *MLP, "-c", "magnitude", "--amount", "0.5", "-o", "new.pt", "--no-progress"],
+        "train": ["train", "p.pt", "--dataset", "digits", "--epochs", "1", "--no-progress"],
+        "collapse": ["collapse", *MLP, "--criteria", "magnitude", "--max-exponent", "1", "--no-progress"],
+        "bench": ["bench", "p.pt", "--repeat", "1", "--warmup", "0", "--no-progress"],
+        "export": ["export", "p.pt", "--no-compact"],
+    }[command]
+    if flag == "-o" and "-o" in base:
+        base = base[:base.index("-o")] + base[base.index("-o") + 2:]
+    return base + [flag, "old.out"]
+
+
+@pytest.mark.parametrize("command, flag", [
+    ("prune", "-o"), ("prune", "--json"), ("train", "-o"), ("train", "--json"), ("collapse", "--json"),
+    ("collapse", "--plot"), ("bench", "--json"), ("export", "-o"),
+])
+def test_every_command_refuses_an_existing_output(command, flag, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert prune_mlp("p.pt") == 0
+    (tmp_path / "old.out").write_text("keep")
+    capsys.readouterr()
+    code, err = exit_code_and_err(existing_output_argv(command, flag), capsys)
+    assert code == 2
+    assert "'old.out' already exists; pass --overwrite to replace it" in err
+    assert (tmp_path / "old.out").read_text() == "keep"
+    assert sorted(os.listdir(tmp_path)) == ["old.out", "p.pt"]
+
+
+def test_overwrite_replaces_an_existing_output(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.pt").write_text("old")
+    (tmp_path / "c.json").write_text("old")
+    assert prune_mlp("m.pt", "--overwrite") == 0
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["pruning"]["criterion"] == "magnitude"
+    assert main(["collapse", *MLP, "--criteria", "magnitude", "--max-exponent", "1", "--json", "c.json",
+                 "--overwrite", "--no-progress"]) == 0
+    assert "magnitude" in json.loads((tmp_path / "c.json").read_text())["criteria"]
+    assert sorted(os.listdir(tmp_path)) == ["c.json", "m.pt"]  # no temporary file left
+
+
+def test_prune_into_a_directory_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "models"
+    out.mkdir()
+    code, err = exit_code_and_err(["prune", *MLP, "-c", "magnitude", "--amount", "0.5", "-o", str(out)], capsys)
+    assert code == 2 and f"argument -o/--output: '{out}' is a directory; give a file name such as" in err
+    assert os.listdir(out) == [] and os.listdir(tmp_path) == ["models"]
+
+
+@pytest.mark.parametrize("budget", [["--amount", "1.0"], ["--compression", "10^99"]])
+def test_prune_refuses_to_empty_every_layer(budget, tmp_path, capsys):
+    argv = ["prune", *MLP, "-c", "magnitude", *budget, "-o", str(tmp_path / "e.pt"), "--no-progress"]
+    code, err = exit_code_and_err(argv, capsys)
+    assert code == 2
+    assert "prunes all 592 weights of mlp: every layer would be empty" in err and "--allow-empty" in err
+    assert not (tmp_path / "e.pt").exists()
+    assert main(argv + ["--allow-empty"]) == 0
+    blob = torch.load(tmp_path / "e.pt", weights_only=True)
+    assert sum(int(m.sum()) for m in blob["masks"].values()) == 0
+
+
+def test_list_json_into_a_closed_pipe_ends_quietly(monkeypatch, capsys):
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # the reader (`| head`) is gone
+    stream = open(write_fd, "w")
+    monkeypatch.setattr(sys, "stdout", stream)
+    try:
+        assert main(["list", "--json"]) == 1
+        stream.write("more")
+        stream.flush()  # stdout now leads to devnull: no second BrokenPipeError at exit
+    finally:
+        stream.close()
+    assert capsys.readouterr().err == ""
+
+
+# --------------------------------------------------------------------------- end to end
 def test_console_script_and_module_agree(tmp_path):
     from synflow_plugin import __version__
 
@@ -150,8 +384,9 @@ def test_console_script_and_module_agree(tmp_path):
     assert (result.returncode, result.stdout.strip()) == (0, f"synflow-plugin {__version__}")
 
 
-def test_prune_train_export_bench_end_to_end(tmp_path):
+def test_prune_train_export_bench_end_to_end(tmp_path, capsys):
     pruned, trained = tmp_path / "p.pt", tmp_path / "t.pt"
+    # the one command run through the process boundary: exit status, stdout and the file it writes
     result = run_cli("prune", "conv", "--dataset", "digits", "--model-option", "width=8", "-c", "synflow",
                      "--compression", "10^1", "--iterations", "20", "--seed", "3", "-o", str(pruned),
                      "--threads", "1", "--no-progress")
@@ -170,9 +405,8 @@ def test_prune_train_export_bench_end_to_end(tmp_path):
         assert row["remaining"] == int(mask.sum()) and row["density"] == pytest.approx(float(mask.float().mean()))
         assert int(torch.count_nonzero(blob["state_dict"][row["name"]])) <= row["remaining"]
 
-    result = run_cli("train", str(pruned), "--dataset", "digits", "--epochs", "2", "--lr", "3e-3",
-                     "-o", str(trained), "--json", str(tmp_path / "t.json"), "--threads", "1", "--no-progress")
-    assert result.returncode == 0, result.stderr
+    assert main(["train", str(pruned), "--dataset", "digits", "--epochs", "2", "--lr", "3e-3",
+                 "-o", str(trained), "--json", str(tmp_path / "t.json"), "--no-progress"]) == 0
     history = json.loads((tmp_path / "t.json").read_text())["training"]
     assert len(history["history"]) == 2 and 0.3 < history["test_accuracy"] <= 1.0
     after = torch.load(trained, weights_only=True)
@@ -184,14 +418,12 @@ def test_prune_train_export_bench_end_to_end(tmp_path):
     if not (has("onnx") and has("onnxruntime")):
         pytest.skip("onnx / onnxruntime not installed")
     onnx_path = tmp_path / "t.onnx"
-    result = run_cli("export", str(trained), "-o", str(onnx_path), "--no-compact", "--threads", "1")
-    assert result.returncode == 0, result.stderr
+    assert main(["export", str(trained), "-o", str(onnx_path), "--no-compact"]) == 0
     assert onnx_path.stat().st_size > 0
-    result = run_cli("export", str(trained), "-o", str(onnx_path), "--no-compact")
-    assert result.returncode == 2 and "overwrite" in result.stderr
-    result = run_cli("bench", str(onnx_path), str(trained), "--batch-sizes", "1,4", "--repeat", "2",
-                     "--warmup", "1", "--json", str(tmp_path / "b.json"), "--no-progress")
-    assert result.returncode == 0, result.stderr
+    code, err = exit_code_and_err(["export", str(trained), "-o", str(onnx_path), "--no-compact"], capsys)
+    assert code == 2 and "overwrite" in err
+    assert main(["bench", str(onnx_path), str(trained), "--batch-sizes", "1,4", "--repeat", "2",
+                 "--warmup", "1", "--json", str(tmp_path / "b.json"), "--no-progress"]) == 0
     bench = json.loads((tmp_path / "b.json").read_text())
     assert [m["name"] for m in bench["models"]] == ["t", "t.pt"]
     assert bench["settings"]["batch_sizes"] == [1, 4]
@@ -200,30 +432,34 @@ def test_prune_train_export_bench_end_to_end(tmp_path):
                                                          if k.endswith("bias"))
 
 
-def test_prune_data_driven_and_user_factory(tmp_path):
-    (tmp_path / "mynets.py").write_text(
+def test_prune_data_driven_and_user_factory(tmp_path, monkeypatch, capsys):
+    name = f"mynets_{tmp_path.name}".replace("-", "_")
+    (tmp_path / f"{name}.py").write_text(
         "import torch.nn as nn\n"
         "def make(hidden=8):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))\n"
     )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd(), str(tmp_path))])
     out = tmp_path / "u.pt"
-    result = run_cli("prune", "mynets:make", "--model-option", "hidden=16", "--dataset", "digits", "-c", "snip",
-                     "--compression", "4", "--calibration-per-class", "2", "-o", str(out), "--threads", "1",
-                     cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    try:
+        assert main(["prune", f"{name}:make", "--model-option", "hidden=16", "--dataset", "digits", "-c", "snip",
+                     "--compression", "4", "--calibration-per-class", "2", "-o", str(out), "--no-progress"]) == 0
+    finally:
+        sys.modules.pop(name, None)
     blob = torch.load(out, weights_only=True)
-    assert blob["model"]["spec"] == "mynets:make" and blob["model"]["options"] == {"hidden": 16}
+    assert blob["model"]["spec"] == f"{name}:make" and blob["model"]["options"] == {"hidden": 16}
     assert blob["model"]["input_shape"] == [1, 8, 8]
     assert blob["pruning"]["calibration_per_class"] == 2
     size = 64 * 16 + 16 * 10
     assert sum(int(m.sum()) for m in blob["masks"].values()) == size - round(0.75 * size)
 
 
-def test_collapse_command_json(tmp_path):
-    result = run_cli("collapse", "mlp", "--input-shape", "1,16", "--model-option", "depth=3",
-                     "--model-option", "width=16", "--criteria", "synflow,magnitude", "--max-exponent", "3",
-                     "--step", "0.5", "--iterations", "10", "--json", str(tmp_path / "c.json"), "--threads", "1")
-    assert result.returncode == 0, result.stderr
+def test_collapse_command_json(tmp_path, capsys):
+    assert main(["collapse", "mlp", "--input-shape", "1,16", "--model-option", "depth=3",
+                 "--model-option", "width=16", "--criteria", "synflow,magnitude", "--max-exponent", "3",
+                 "--step", "0.5", "--iterations", "10", "--json", str(tmp_path / "c.json"), "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
     blob = json.loads((tmp_path / "c.json").read_text())
     grid = {0.5 * k for k in range(7)}
     for name in ("synflow", "magnitude"):
@@ -232,13 +468,17 @@ def test_collapse_command_json(tmp_path):
         assert info["critical_exponent"] is None or info["critical_exponent"] in grid
         assert info["paper_exponent"] is None  # the paper's values are for VGG-16-BN only
     assert blob["criteria"]["synflow"]["critical_exponent"] >= blob["criteria"]["magnitude"]["critical_exponent"]
-    assert "synflow" in result.stdout and "magnitude" in result.stdout
+    # --iterations sets the rounds of the iterative criteria only
+    assert (blob["criteria"]["synflow"]["iterations"], blob["criteria"]["magnitude"]["iterations"]) == (10, 1)
+    assert "synflow" in stdout and "magnitude" in stdout
 
 
-def test_demo_tiny_writes_report_pictures_and_json(tmp_path):
+def test_demo_tiny_writes_report_pictures_and_json(tmp_path, capsys):
     out = tmp_path / "demo"
-    result = run_cli("demo", "--tiny", "--out", str(out), "--threads", "1", "--no-progress", timeout=300)
-    assert result.returncode == 0, result.stderr
+    threads = torch.get_num_threads()
+    assert main(["demo", "--tiny", "--out", str(out), "--threads", "1", "--no-progress"]) == 0
+    assert torch.get_num_threads() == threads  # the demo restores the caller's threads
+    assert "[collapse]" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     settings = results["settings"]
     assert settings["mode"] == "tiny" and results["environment"]["torch_threads"] == 1
@@ -251,6 +491,9 @@ def test_demo_tiny_writes_report_pictures_and_json(tmp_path):
         assert info["critical_exponent"] in grid
         assert all(p["exponent"] in grid for p in info["points"])
     assert len(collapse["random"]["critical_exponents_per_seed"]) == len(settings["random_seeds"])
+    assert [n for n, info in collapse.items() if len(info["seeds"]) > 1] == ["random"]  # the seeded one
+    assert collapse["synflow"]["iterations"] == settings["synflow_iterations"]
+    assert collapse["snip"]["iterations"] == 1
     assert collapse["synflow"]["critical_exponent"] >= max(
         info["critical_exponent"] for name, info in collapse.items() if name != "synflow")
     assert "digits" in results["collapse"]["data"]

@@ -97,6 +97,19 @@ def test_inverted_criterion_carries_the_contract():
         compute_masks(model, prunable_parameters(model), snip, 0.5)
 
 
+def test_inverted_criterion_carries_the_capabilities_callers_read():
+    # the command line and the demo hand a criterion what these say it needs, never by its name
+    assert inverted("synflow").needs_example_inputs and not inverted("snip").needs_example_inputs
+    assert inverted("random", seed=0).seeded and not inverted("magnitude").seeded
+    assert inverted("synflow").wide_range and not inverted("magnitude").wide_range
+    assert inverted("force").summary == "the lowest-scoring weights of force kept (sanity check)"
+    model = _net()
+    params = prunable_parameters(model)
+    plain = compute_masks(model, params, "random", 0.5, seed=3)
+    flipped = compute_masks(model, params, inverted("random", seed=3), 0.5)
+    assert all(not (p & f).any() for p, f in zip(plain, flipped))  # the same draw, ranked the other way
+
+
 def test_inverted_rejects_bad_input():
     with pytest.raises(PruningTypeError, match="Criterion instance"):
         InvertedCriterion("synflow")

@@ -375,3 +375,112 @@ def test_import_without_optional_hosts():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == synflow_plugin.__version__
+
+
+# --------------------------------------------------------------------------- any registered criterion
+def test_pruning_method_returns_the_built_in_classes():
+    built_in = [Random, Magnitude, SNIP, GraSP, SynFlow, IterSNIP, FORCE]
+    assert [synflow_plugin.pruning_method(m.criterion) for m in built_in] == built_in
+    assert synflow_plugin.pruning_method("SynFlow") is SynFlow
+    assert "pruning_method" in synflow_plugin.__all__
+    assert synflow_plugin.synflow_unstructured.__name__ == "synflow_unstructured"  # function forms as before
+
+
+def test_pruning_method_refuses_an_unknown_name_with_the_valid_ones():
+    with pytest.raises(PruningError, match="unknown criterion 'synflw'; expected one of: random, magnitude, snip"):
+        synflow_plugin.pruning_method("synflw")
+    with pytest.raises(PruningTypeError, match=r"name should be a registry name \(a str, one of: random, .*\), "
+                                               "got SynFlowCriterion"):
+        synflow_plugin.pruning_method(SynFlowCriterion())
+
+
+def test_a_method_class_without_a_criterion_says_what_to_set():
+    class Forgot(synflow_plugin.PaIPruningMethod):
+        pass
+
+    model = small_vgg()
+    params = prunable_parameters(model)
+    what = r"criterion = '<registry name>' \(one of: random, .*\); or use synflow_plugin.pruning_method\(name\)"
+    with pytest.raises(PruningTypeError, match="PaIPruningMethod names no criterion: .*" + what):
+        synflow_plugin.PaIPruningMethod(0.5, model=model)
+    with pytest.raises(PruningTypeError, match="Forgot names no criterion"):
+        prune.global_unstructured(params, pruning_method=Forgot, amount=0.5, model=model)
+    with pytest.raises(TypeError, match="Forgot names no criterion"):  # a TypeError, as prune keeps them apart
+        Forgot.apply(params[0][0], "weight", amount=0.5, model=model)
+    Forgot.criterion = 3
+    with pytest.raises(PruningTypeError, match="Forgot has criterion=3, not a registry name"):
+        Forgot(0.5, model=model)
+    assert not any(prune.is_pruned(m) for m, _ in params)
+
+
+def test_a_model_pruned_by_an_unpicklable_method_class_pickles():
+    def local_method():
+        class Local(synflow_plugin.PaIPruningMethod):
+            criterion = "magnitude"
+
+        return Local
+
+    method = local_method()
+    with pytest.raises((AttributeError, pickle.PicklingError)):
+        pickle.dumps(method)
+    model = small_vgg()
+    prune.global_unstructured(prunable_parameters(model), pruning_method=method, amount=0.5, model=model)
+    x = torch.randn(1, 3, 32, 32)
+    model.eval()
+    torch.testing.assert_close(pickle.loads(pickle.dumps(model))(x), model(x))
+
+
+# --------------------------------------------------------------------------- torch's internals, pinned
+def test_global_unstructured_signature_is_the_one_the_frame_lookup_reads():
+    import inspect
+
+    signature = inspect.signature(prune.global_unstructured)
+    assert list(signature.parameters)[:3] == ["parameters", "pruning_method", "importance_scores"]
+    assert signature.parameters["importance_scores"].default is None
+    assert {"parameters", "importance_scores"} <= set(prune.global_unstructured.__code__.co_varnames)
+
+
+def test_the_frame_lookup_reads_the_call_locals(monkeypatch):
+    from synflow_plugin.adapters import torch_prune
+
+    seen = []
+    original = torch_prune._call_arguments
+
+    def spy(local_vars, caller):
+        seen.append((sorted(local_vars), caller))
+        return original(local_vars, caller)
+
+    monkeypatch.setattr(torch_prune, "_call_arguments", spy)
+    model = small_vgg()
+    subset = prunable_parameters(model)[:2]
+    prune.global_unstructured(tuple(subset), pruning_method=Magnitude, amount=0.5, model=model)
+    assert len(seen) == 1 and seen[0][1] == "Magnitude"
+    assert all(prune.is_pruned(m) for m, _ in subset) and not prune.is_pruned(prunable_parameters(model)[2][0])
+    assert {"parameters", "importance_scores", "kwargs"} <= set(seen[0][0])
+    assert original({"parameters": iter(subset), "importance_scores": {}}, "Magnitude") == (subset, {})
+
+
+def test_a_renamed_torch_local_is_a_clear_error(monkeypatch):
+    from synflow_plugin.adapters import torch_prune
+
+    with pytest.raises(PruningError) as info:
+        torch_prune._call_arguments({"params": [], "importance_scores": None, "kwargs": {}}, "SynFlow")
+    message = str(info.value)
+    assert f"checked on torch {torch_prune.CHECKED_TORCH_VERSION}" in message
+    assert f"torch.nn.utils.prune.global_unstructured (torch {torch.__version__})" in message
+    assert "SynFlow.apply(module, 'weight', amount=..., model=...)" in message
+    assert "synflow_plugin.compute_masks(model, params, criterion, amount, ...)" in message
+    assert "its locals here: importance_scores, kwargs, params" in message
+
+    # A global_unstructured whose tensors are held under another name: the method says so.
+    def renamed(params, pruning_method, importance_scores=None, **kwargs):
+        pruning_method(**kwargs)
+
+    monkeypatch.setattr(prune, "global_unstructured", renamed)
+    model = small_vgg()
+    params = prunable_parameters(model)
+    with pytest.raises(PruningError, match="no longer keeps the tensors it prunes in a local variable named"):
+        prune.global_unstructured(params, pruning_method=Magnitude, amount=0.5, model=model)
+    # and the way out it names works
+    Magnitude.apply(params[0][0], "weight", amount=0.5, model=model)
+    assert int(params[0][0].weight_mask.sum()) == params[0][0].weight.numel() // 2

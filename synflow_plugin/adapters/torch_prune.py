@@ -21,23 +21,33 @@ pruned model does. ``prune.remove`` makes the masks permanent.
 
 Existing masks are respected as prune's ``PruningContainer`` defines: ``amount`` is a
 fraction of the surviving weights, and a pruned weight never comes back.
+
+Any registered criterion, a plugin's included, is a method through
+:func:`pruning_method`: ``prune.global_unstructured(params,
+pruning_method=pruning_method("mine"), amount=0.5, model=model)``. For the built-in
+names it returns the classes above (``pruning_method("synflow") is SynFlow``).
 """
 
 from __future__ import annotations
 
+import ast
 import sys
-from typing import Any, Callable, ClassVar, Iterable
+import types
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from synflow_plugin import criteria as _registry
 from synflow_plugin.criteria import get_criterion
-from synflow_plugin.errors import PruningError
+from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.masking import check_amount, compute_masks
 from synflow_plugin.targets import current_mask
 
 __all__ = [
+    # any registered criterion
+    "pruning_method",
     # pruning methods
     "PaIPruningMethod",
     "Random",
@@ -58,19 +68,64 @@ __all__ = [
 ]
 
 
-def _global_unstructured_call() -> tuple[list, dict] | None:
+#: The torch release whose ``prune.global_unstructured`` the frame lookup below was
+#: checked against (tests/test_torch_prune.py pins its signature and its local names).
+CHECKED_TORCH_VERSION = "2.13.0"
+
+
+def _global_unstructured_call(caller: str = "PaIPruningMethod") -> tuple[list, dict] | None:
     """The ``parameters`` and ``importance_scores`` of the enclosing
-    ``prune.global_unstructured`` call, if the method is being built by one."""
+    ``prune.global_unstructured`` call, if the method is being built by one.
+
+    ``global_unstructured`` builds the method as ``pruning_method(**kwargs)`` and then
+    hands it only the flattened weights, so the method has no other way to learn
+    which ``(module, name)`` pairs it prunes than to read the call's local variables.
+    This is the one place that relies on torch's internals; :func:`_call_arguments`
+    checks them.
+    """
     frame = sys._getframe(1)
+    code = prune.global_unstructured.__code__
     while frame is not None:
-        if frame.f_code is prune.global_unstructured.__code__:
-            return list(frame.f_locals["parameters"]), frame.f_locals.get("importance_scores") or {}
+        if frame.f_code is code:
+            return _call_arguments(frame.f_locals, caller)
         frame = frame.f_back
     return None
 
 
+def _call_arguments(local_vars: Mapping[str, Any], caller: str) -> tuple[list, dict]:
+    """``(parameters, importance_scores)`` from the local variables of a
+    ``prune.global_unstructured`` frame; a clear error if torch renamed them."""
+    if "parameters" not in local_vars:
+        raise PruningError(
+            f"{caller}: torch.nn.utils.prune.global_unstructured (torch {torch.__version__}) no longer keeps "
+            f"the tensors it prunes in a local variable named 'parameters' (synflow-plugin reads it, as "
+            f"checked on torch {CHECKED_TORCH_VERSION}; its locals here: {', '.join(sorted(local_vars))}), "
+            f"so {caller} cannot tell which tensors it is given. Until synflow-plugin supports this torch, "
+            f"prune layer by layer with {caller}.apply(module, 'weight', amount=..., model=...), or compute "
+            "the masks with synflow_plugin.compute_masks(model, params, criterion, amount, ...) and install "
+            "them with prune.custom_from_mask(module, name, mask)."
+        )
+    return list(local_vars["parameters"]), local_vars.get("importance_scores") or {}
+
+
+def _check_criterion_attribute(cls: type) -> None:
+    """Refuse a method class that names no criterion (a subclass without ``criterion = ...``,
+    or :class:`PaIPruningMethod` itself)."""
+    name = getattr(cls, "criterion", None)
+    if not isinstance(name, str) or not name:
+        got = "names no criterion" if name is None else f"has criterion={name!r}, not a registry name"
+        raise PruningTypeError(
+            f"{cls.__name__} {got}: a PaIPruningMethod subclass needs a class attribute "
+            f"criterion = '<registry name>' (one of: {', '.join(_registry.list_criteria())}); or use "
+            "synflow_plugin.pruning_method(name), which makes the method of any registered criterion"
+        )
+
+
 class PaIPruningMethod(prune.BasePruningMethod):
     """Base of the pruning-at-initialisation methods; subclasses only name a criterion.
+
+    A subclass sets the class attribute ``criterion = "<registry name>"``;
+    :func:`pruning_method` makes such a class for any registered name.
 
     Args:
         amount: fraction in [0, 1] of the surviving weights to prune, or their number.
@@ -105,6 +160,7 @@ class PaIPruningMethod(prune.BasePruningMethod):
         **options: Any,
     ) -> None:
         caller = type(self).__name__
+        _check_criterion_attribute(type(self))
         self.amount = check_amount(amount, caller)
         if model is None:
             raise PruningError(
@@ -118,7 +174,7 @@ class PaIPruningMethod(prune.BasePruningMethod):
             num_batches=num_batches, iterations=iterations, schedule=schedule, scope=scope,
             progress=progress, **options,
         )
-        call = _global_unstructured_call()
+        call = _global_unstructured_call(caller)
         if call is not None and call[1]:
             raise PruningError(
                 f"{caller} computes its own importance scores; call global_unstructured without "
@@ -217,6 +273,78 @@ class FORCE(PaIPruningMethod):
     round of the same call may come back; needs ``data=``."""
 
     criterion = "force"
+
+
+_BUILT_IN: dict[str, type[PaIPruningMethod]] = {
+    cls.criterion: cls for cls in (Random, Magnitude, SNIP, GraSP, SynFlow, IterSNIP, FORCE)
+}
+#: The classes :func:`pruning_method` made, one per registry name.
+_MADE: dict[str, type[PaIPruningMethod]] = {}
+
+
+def pruning_method(name: str) -> type[PaIPruningMethod]:
+    """The ``torch.nn.utils.prune`` method of the registered criterion ``name``.
+
+    Every criterion of :mod:`synflow_plugin.criteria`, those of installed plugins (the
+    ``synflow_plugin.criteria`` entry points) included, becomes a
+    :class:`PaIPruningMethod` with no other code. Built-in names return their classes
+    (``pruning_method("synflow") is SynFlow``); any other name returns a class made
+    on the first call and returned again on every later one. That class is found
+    under its ``__qualname__`` in this module, so it pickles by reference wherever the
+    criterion is registered (for a name without dots). (A pruned model never holds the method: prune installs
+    its own ``CustomFromMask`` hooks, so a model pruned with any method pickles.)
+
+    Args:
+        name: a registry name, case-insensitive (``synflow_plugin.list_criteria()``).
+
+    Returns:
+        A :class:`PaIPruningMethod` subclass: pass it as ``pruning_method=`` to
+        ``prune.global_unstructured``, or call its ``.apply(module, name, amount, model=...)``.
+
+    Raises:
+        PruningTypeError: ``name`` is not a string.
+        PruningError: no criterion is registered under ``name`` (the message lists the names).
+
+    >>> import torch, torch.nn as nn, torch.nn.utils.prune as prune
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> params = [(model[0], "weight"), (model[2], "weight")]
+    >>> prune.global_unstructured(params, pruning_method=pruning_method("magnitude"), amount=0.5, model=model)
+    >>> int(model[0].weight_mask.sum() + model[2].weight_mask.sum())
+    12
+    """
+    if not isinstance(name, str):
+        raise PruningTypeError(
+            f"pruning_method(): name should be a registry name (a str, one of: "
+            f"{', '.join(_registry.list_criteria())}), got {type(name).__name__}"
+        )
+    key = name.lower()
+    if key not in _registry.list_criteria():
+        get_criterion(name)  # raises the registry's error, which lists the valid names
+    if key in _BUILT_IN:
+        return _BUILT_IN[key]
+    made = _MADE.get(key)
+    if made is None:
+        qualname = f"pruning_method({key!r})"
+        summary = getattr(_registry.CRITERIA[key], "summary", "") or "a registered criterion"
+        made = types.new_class(qualname, (PaIPruningMethod,), exec_body=lambda ns: ns.update(
+            criterion=key, __module__=__name__, __qualname__=qualname,
+            __doc__=f"The criterion {key!r} ({summary}) as a torch.nn.utils.prune method; "
+                    f"keyword arguments as for :class:`PaIPruningMethod`.",
+        ))
+        made = _MADE.setdefault(key, made)  # two threads racing keep one class
+    return made
+
+
+def __getattr__(attribute: str) -> Any:
+    # Unpickling finds a class made by pruning_method under its qualname, pruning_method('mine').
+    if attribute.startswith("pruning_method(") and attribute.endswith(")"):
+        try:
+            name = ast.literal_eval(attribute[len("pruning_method("):-1])
+        except (ValueError, SyntaxError):
+            name = None
+        if isinstance(name, str) and name.lower() in _registry.list_criteria():
+            return pruning_method(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
 
 
 def _function_form(method: type[PaIPruningMethod]) -> Callable[..., nn.Module]:

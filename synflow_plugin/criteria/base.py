@@ -252,12 +252,19 @@ class ScoringState:
         return self.params[0].device
 
     @property
+    def model_dtype(self) -> torch.dtype | None:
+        """The one floating dtype of every parameter and buffer of the copy, or None for
+        a mixed-precision model (computed once; :meth:`promote` changes it)."""
+        if "model_dtype" not in self.cache:
+            dtypes = {t.dtype for t in itertools.chain(self.model.parameters(), self.model.buffers())
+                      if t.is_floating_point()}
+            self.cache["model_dtype"] = dtypes.pop() if len(dtypes) == 1 else None
+        return self.cache["model_dtype"]
+
+    @property
     def can_promote(self) -> bool:
         """Whether :meth:`promote` would widen anything."""
-        return self.promoted_from is None and any(
-            t.dtype != torch.float64 for t in itertools.chain(self.model.parameters(), self.model.buffers())
-            if t.is_floating_point()
-        )
+        return self.promoted_from is None and self.model_dtype != torch.float64
 
     def promote(self) -> bool:
         """Move the scoring copy (every floating parameter and buffer) to float64, for
@@ -268,6 +275,7 @@ class ScoringState:
         views = [i.data_ptr() == p.data_ptr() for i, p in zip(self.initial, self.params)]
         self.promoted_from = self.params[0].dtype
         self.model.to(torch.float64)
+        self.cache["model_dtype"] = torch.float64
         self.params = [self.model.get_submodule(t.module_name)._parameters[t.name] for t in self.targets]
         self.initial = [p.detach() if view else i.to(torch.float64)
                         for i, p, view in zip(self.initial, self.params, views)]

@@ -56,12 +56,6 @@ def _tensors(value) -> list[torch.Tensor]:
     return []
 
 
-def _model_dtype(model: nn.Module) -> torch.dtype | None:
-    """The one floating dtype of every parameter and buffer, or None for a mixed model."""
-    dtypes = {t.dtype for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()}
-    return dtypes.pop() if len(dtypes) == 1 else None
-
-
 def _in_range(value: float, dtype: torch.dtype) -> bool:
     """Whether the flow R is finite and well inside ``dtype``'s normal range: 2^16 away
     from both ends (2^3 for float16, whose whole range is 2^30)."""
@@ -124,7 +118,7 @@ class SynFlowCriterion(Criterion):
                     tensor.abs_()
 
     def _total_flow(self, state: ScoringState) -> torch.Tensor:
-        dtype = _model_dtype(state.model)
+        dtype = state.model_dtype
         key = ("ones", dtype)
         if key not in state.cache:
             state.cache[key] = _all_ones(state.inputs.example_inputs, dtype, state.device)
