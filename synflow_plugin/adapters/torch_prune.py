@@ -42,7 +42,8 @@ from torch.nn.utils import prune
 from synflow_plugin import criteria as _registry
 from synflow_plugin.criteria import get_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
-from synflow_plugin.masking import check_amount, compute_masks
+from synflow_plugin.masking import check_amount, run_plan, scope_plan
+from synflow_plugin.session import ScoringRequest, ScoringSession
 from synflow_plugin.targets import current_mask
 
 __all__ = [
@@ -168,12 +169,11 @@ class PaIPruningMethod(prune.BasePruningMethod):
                 f"pruned layers>, e.g. prune.global_unstructured(params, pruning_method={caller}, "
                 "amount=0.9, model=model, example_inputs=x)"
             )
-        get_criterion(self.criterion, **options)  # reject bad options before any work
-        self._request = dict(
-            model=model, example_inputs=example_inputs, data=data, loss_fn=loss_fn,
-            num_batches=num_batches, iterations=iterations, schedule=schedule, scope=scope,
-            progress=progress, **options,
-        )
+        # Every argument is checked here, before torch does any work.
+        self._model: nn.Module | None = model
+        self._request: ScoringRequest | None = ScoringRequest.build(
+            self.criterion, example_inputs=example_inputs, data=data, loss_fn=loss_fn, num_batches=num_batches,
+            iterations=iterations, schedule=schedule, scope=scope, progress=progress, caller=caller, **options)
         call = _global_unstructured_call(caller)
         if call is not None and call[1]:
             raise PruningError(
@@ -183,10 +183,11 @@ class PaIPruningMethod(prune.BasePruningMethod):
         self._params = call[0] if call is not None else None
 
     def _masks(self, params: list) -> list[torch.Tensor]:
-        return compute_masks(
-            criterion=self.criterion, params=params, amount=self.amount,
-            caller=type(self).__name__, **self._request,
-        )
+        """The core's masks for ``params``; afterwards the method holds no reference to
+        the model or the data."""
+        session = ScoringSession(self._model, params, self._request)
+        self._model = self._request = None
+        return run_plan(session, scope_plan(session, self.amount))
 
     def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
         """The mask of the surviving entries ``t`` of the tensors given to ``global_unstructured``."""
@@ -199,7 +200,6 @@ class PaIPruningMethod(prune.BasePruningMethod):
             )
         params, self._params = self._params, None
         masks = self._masks(params)
-        self._request = {}  # drop the references to the model and the data
         # prune hands over only the entries that survive earlier masks: answer in kind.
         mask = torch.cat([m.reshape(-1) for m in masks])
         if any(prune.is_pruned(m) and f"{n}_mask" in m._buffers for m, n in params):
@@ -225,7 +225,6 @@ class PaIPruningMethod(prune.BasePruningMethod):
             raise PruningError(f"{cls.__name__} computes its own importance scores; drop importance_scores=...")
         method = cls(amount, **kwargs)
         mask = method._masks([(module, name)])[0]
-        method._request = {}
         return prune.CustomFromMask.apply(module, name, mask=mask.to(getattr(module, name).dtype))
 
 
