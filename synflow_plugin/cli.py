@@ -691,7 +691,7 @@ def _cmd_collapse(parser, args) -> int:
         criterion_kwargs,
         settings_for,
     )
-    from synflow_plugin.masking import ZeroFlowWarning
+    from synflow_plugin.masking import LayerCollapseWarning, ZeroFlowWarning
 
     names = [c.strip().lower() for c in args.criteria.split(",") if c.strip()]
     bad = [c for c in names if c not in list_criteria()]
@@ -717,6 +717,7 @@ def _cmd_collapse(parser, args) -> int:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ZeroFlowWarning)
+            warnings.simplefilter("ignore", LayerCollapseWarning)
             result = collapse_sweep(model_fn, name, max_exponent=args.max_exponent, coarse_step=args.coarse_step,
                                     fine_step=args.step, progress=_progress(args), **kwargs)
         first = next((p for p in result.points if p["collapsed"]), None)

@@ -46,7 +46,7 @@ from synflow_plugin import criteria as registry
 from synflow_plugin.criteria import Criterion, get_criterion
 from synflow_plugin.diagnostics import CollapseResult, critical_compression, layer_report
 from synflow_plugin.errors import PruningError
-from synflow_plugin.masking import ZeroFlowWarning, compute_masks
+from synflow_plugin.masking import LayerCollapseWarning, ZeroFlowWarning, compute_masks
 from synflow_plugin.models import create_model
 from synflow_plugin.targets import prunable_parameters
 
@@ -347,6 +347,7 @@ def _run_collapse(s: DemoSettings, cifar_root, log, progress) -> dict[str, Any]:
                                       max_iterations=s.synflow_iterations, seed=seed)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ZeroFlowWarning)
+                warnings.simplefilter("ignore", LayerCollapseWarning)
                 sweeps.append(collapse_sweep(model_fn, criterion, max_exponent=s.max_exponent,
                                              coarse_step=s.coarse_step, fine_step=s.fine_step,
                                              progress=progress, **kwargs))
@@ -415,6 +416,7 @@ def _prune_and_train(s: DemoSettings, train, test, info, calibration_batches, *,
             method = checks.inverted(criterion, **({"seed": kwargs.pop("seed")} if "seed" in kwargs else {}))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ZeroFlowWarning)
+            warnings.simplefilter("ignore", LayerCollapseWarning)
             masks = compute_masks(model, params, method, 1.0 - 10.0 ** -exponent, **kwargs)
         for (module, name), mask in zip(params, masks):
             prune.custom_from_mask(module, name, mask)
@@ -515,6 +517,7 @@ def _run_export(s: DemoSettings, out: Path, log, progress) -> dict[str, Any]:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ZeroFlowWarning)
+        warnings.simplefilter("ignore", LayerCollapseWarning)
         prune.global_unstructured(prunable_parameters(model), pruning_method=SynFlow,
                                   amount=1.0 - 10.0 ** -s.export_compression_log10, model=model,
                                   example_inputs=x, iterations=s.synflow_iterations, progress=progress)

@@ -10,6 +10,7 @@ random 3.33, SNIP 3.58, GraSP 3.58, SynFlow 5.92).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -18,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from synflow_plugin.errors import PruningError, PruningTypeError
+from synflow_plugin.collapse import LayerCollapseWarning
 from synflow_plugin.masking import compute_masks
 from synflow_plugin.targets import prunable_parameters
 
@@ -180,8 +182,10 @@ def critical_compression(
         model = model_fn()
         params = prunable_parameters(model)
         density = 10.0 ** -exponent
-        masks = compute_masks(model, params, criterion, amount=1.0 - density, progress=False,
-                              caller="critical_compression()", **prune_kwargs)
+        with warnings.catch_warnings():  # collapse is what this measures: recorded, not warned
+            warnings.simplefilter("ignore", LayerCollapseWarning)
+            masks = compute_masks(model, params, criterion, amount=1.0 - density, progress=False,
+                                  caller="critical_compression()", **prune_kwargs)
         names = {id(m): n for n, m in model.named_modules()}
         per_layer = {f"{names[id(m)]}.{n}": float(mask.float().mean()) for (m, n), mask in zip(params, masks)}
         collapsed = [name for name, d in per_layer.items() if d == 0.0]

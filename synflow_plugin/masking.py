@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from synflow_plugin.collapse import LayerCollapseWarning, warn_collapse
 from synflow_plugin.criteria import Criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.plan import Group, Member, Plan, bounded_drop
@@ -39,6 +40,7 @@ __all__ = [
     "SCHEDULES",
     "SCOPES",
     "ZeroFlowWarning",
+    "LayerCollapseWarning",
     "PrecisionWarning",
     "check_amount",
     "num_to_prune",
@@ -267,6 +269,9 @@ def run_plan(session: ScoringSession, plan: Plan) -> list[torch.Tensor]:
 
     The session is entered here (no copy is made when the plan prunes nothing).
 
+    A :class:`~synflow_plugin.collapse.LayerCollapseWarning` names every tensor the
+    prune emptied (or left with one channel) and says whether the network is disconnected.
+
     Returns:
         One boolean mask per target, shaped like it, on its device: the targets'
         existing masks with the pruned weights removed.
@@ -274,12 +279,15 @@ def run_plan(session: ScoringSession, plan: Plan) -> list[torch.Tensor]:
     if plan.empty:
         return [m.clone() for m in session.start_masks]
     loop = _Loop(session, plan)
+    request = session.request
     with session:
-        request = session.request
         for r in tqdm(range(loop.rounds), desc=request.criterion.name, unit="round",
                       disable=(not request.progress) if request.progress is not None else None, leave=False):
             loop.round(r)
-    return loop.masks()
+    masks = loop.masks()
+    warn_collapse(session.model, session.targets, masks, session.start_masks, request.inputs,
+                  f"{request.caller} ({request.criterion.name})", units=plan.units, stacklevel=3)
+    return masks
 
 
 def _on_kernels(group: Group, plan: Plan, targets: Sequence[Target]) -> bool:

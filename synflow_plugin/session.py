@@ -153,6 +153,11 @@ class ScoringSession:
     def criterion(self) -> Criterion:
         return self.request.criterion
 
+    @property
+    def model(self) -> nn.Module:
+        """The model the session scores (never changed)."""
+        return self._model
+
     def __enter__(self) -> "ScoringSession":
         self._grad = torch.enable_grad()
         self._grad.__enter__()
