@@ -36,6 +36,7 @@ __all__ = [
     "compute_scores",
     "run_plan",
     "scope_plan",
+    "check_min_density",
     # its parts
     "SCHEDULES",
     "SCOPES",
@@ -193,6 +194,7 @@ def compute_masks(
     schedule: str = "exponential",
     scope: str = "global",
     progress: bool | None = False,
+    min_density: float = 0.0,
     caller: str = "compute_masks()",
     **options: Any,
 ) -> list[torch.Tensor]:
@@ -212,10 +214,14 @@ def compute_masks(
         scope: ``"global"`` ranking, ``"local"`` (alias ``"uniform"``: the same fraction
             in every tensor) or ``"erk"`` budgets.
         progress: show a tqdm bar over the rounds (``None``: only on a terminal).
+        min_density: the fraction of each tensor kept at least, in every round and at
+            the end (``0.01``: no layer keeps fewer than 1% of its weights); the total
+            count stays exact.
         **options: the criterion's own options, e.g. ``batchnorm="identity"`` or ``seed=0``.
 
     Returns:
-        One boolean mask per pair, shaped like the tensor, on its device.
+        One boolean mask per pair, shaped like the tensor, on its device. A
+        :class:`~synflow_plugin.collapse.LayerCollapseWarning` names any tensor left empty.
 
     Raises:
         PruningError: any invalid argument, with a message saying what to fix.
@@ -231,26 +237,58 @@ def compute_masks(
         criterion, example_inputs=example_inputs, data=data, loss_fn=loss_fn, num_batches=num_batches,
         iterations=iterations, schedule=schedule, scope=scope, progress=progress, caller=caller, **options)
     session = ScoringSession(model, params, request)
-    return run_plan(session, scope_plan(session, amount))
+    return run_plan(session, scope_plan(session, amount, min_density))
 
 
-def scope_plan(session: ScoringSession, amount: int | float) -> Plan:
+def check_min_density(min_density: Any, caller: str = "prune") -> float:
+    """``min_density`` is a real number in [0, 1]: the fraction of each tensor every prune keeps."""
+    if isinstance(min_density, (bool, np.bool_)) or not isinstance(min_density, numbers.Real) or not (
+            0.0 <= float(min_density) <= 1.0):
+        raise PruningError(
+            f"{caller}: min_density={min_density!r} should be a float in [0, 1], the fraction of each tensor "
+            "that is kept at least (e.g. 0.01 keeps 1% of every layer)"
+        )
+    return float(min_density)
+
+
+def scope_plan(session: ScoringSession, amount: int | float, min_density: float = 0.0) -> Plan:
     """The plan of :func:`compute_masks`: single weights, ``amount`` of the survivors
-    pruned in one global group, or in one group per target (``local`` / ``erk``)."""
+    pruned in one global group, or in one group per target (``local`` / ``erk``).
+
+    ``min_density``: every tensor keeps at least ``ceil(min_density * numel)`` weights
+    (or all its survivors, if an earlier prune left fewer), with the total count still
+    exact; an ``amount`` that cannot be met with that floor is a :class:`PruningError`.
+    """
     request, targets = session.request, session.targets
+    caller = request.caller
+    min_density = check_min_density(min_density, caller)
     survivors = [int(m.sum()) for m in session.start_masks]
-    members = [Member((t,), 0, target.numel) for t, target in enumerate(targets)]
+    floors = [min(n, math.ceil(min_density * t.numel - 1e-9)) for n, t in zip(survivors, targets)]
+    members = [Member((t,), 0, target.numel, hi=n - floor if floor else None)
+               for t, (target, n, floor) in enumerate(zip(targets, survivors, floors))]
     units = [target.numel for target in targets]
     if request.scope == "global":
-        budget = num_to_prune(amount, sum(survivors), request.caller)
+        budget = num_to_prune(amount, sum(survivors), caller)
+        room = sum(n - f for n, f in zip(survivors, floors))
+        if budget > room:
+            raise PruningError(
+                f"{caller}: amount={amount} prunes {budget} of {sum(survivors)} weights, but min_density="
+                f"{min_density} keeps at least {sum(floors)}, so only {room} can go; lower one of them."
+            )
         return Plan(units, [Group("global", members, budget)])
     if request.scope in ("local", "uniform"):
-        budgets = [num_to_prune(amount, n, request.caller) for n in survivors]
+        budgets = [num_to_prune(amount, n, caller) for n in survivors]
     else:
         total = sum(survivors)
-        keep = erk_allocation([t.shape for t in targets], survivors,
-                              total - num_to_prune(amount, total, request.caller))
+        keep = erk_allocation([t.shape for t in targets], survivors, total - num_to_prune(amount, total, caller))
         budgets = [n - k for n, k in zip(survivors, keep)]
+    for target, budget, n, floor in zip(targets, budgets, survivors, floors):
+        if budget > n - floor:
+            raise PruningError(
+                f"{caller}: scope={request.scope!r} prunes {budget} of the {n} weights of "
+                f"'{target.qualified_name}', but min_density={min_density} keeps at least {floor}; lower "
+                "amount or min_density, or use scope='global'."
+            )
     return Plan(units, [Group(f"'{t.qualified_name}'", [m], b) for t, m, b in zip(targets, members, budgets)])
 
 

@@ -91,3 +91,37 @@ def test_nni_pruners_warn_for_emptied_tensors_and_single_channels():
     config = [{"op_names": ["2"], "sparse_ratio": 7 / 8, "granularity": "out_channel"}]
     with pytest.warns(LayerCollapseWarning, match="'2.weight' \\(one output channel of 8 left\\)"):
         MagnitudePruner(model, config).compress()
+
+
+# --------------------------------------------------------------------------- min_density
+@pytest.mark.parametrize("criterion", ["magnitude", "synflow", "snip"])
+def test_min_density_keeps_a_share_of_every_tensor_and_the_count_exact(criterion):
+    model = mlp_with_a_small_layer()
+    params = prunable_parameters(model)
+    kwargs = {"example_inputs": torch.randn(1, 6)} if criterion == "synflow" else (
+        {"data": [(torch.randn(4, 6), torch.tensor([0, 1, 2, 0]))]} if criterion == "snip" else {})
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        masks = compute_masks(model, params, criterion, 100, min_density=0.1, **kwargs)
+    assert sum(int(m.sum()) for m in masks) == 136 - 100
+    assert [int(m.sum()) >= -(-m.numel() // 10) for m in masks] == [True] * 3  # ceil(10%) of each kept
+    assert collapse_warnings(record) == []
+
+
+def test_min_density_through_torch_prune_and_when_it_cannot_be_met():
+    from synflow_plugin import PruningError
+
+    model = mlp_with_a_small_layer()
+    prune.global_unstructured(prunable_parameters(model), pruning_method=Magnitude, amount=64, model=model,
+                              min_density=0.25)
+    kept = [int(m.weight_mask.sum()) for m, _ in prunable_parameters(model)]
+    assert sum(kept) == 136 - 64 and kept[1] >= 16
+    model = mlp_with_a_small_layer()
+    with pytest.raises(PruningError, match=r"min_density=0.5 keeps at least 68, so only 68 can go"):
+        compute_masks(model, prunable_parameters(model), "magnitude", 100, min_density=0.5)
+    with pytest.raises(PruningError, match=r"scope='local' prunes 43 of the 48 weights of '0.weight'"):
+        model = mlp_with_a_small_layer()
+        compute_masks(model, prunable_parameters(model), "magnitude", 0.9, scope="local", min_density=0.2)
+    with pytest.raises(PruningError, match=r"min_density=1.5 should be a float in \[0, 1\]"):
+        model = mlp_with_a_small_layer()
+        compute_masks(model, prunable_parameters(model), "magnitude", 0.9, min_density=1.5)

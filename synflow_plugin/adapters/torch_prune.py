@@ -42,7 +42,7 @@ from torch.nn.utils import prune
 from synflow_plugin import criteria as _registry
 from synflow_plugin.criteria import get_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
-from synflow_plugin.masking import check_amount, run_plan, scope_plan
+from synflow_plugin.masking import check_amount, check_min_density, run_plan, scope_plan
 from synflow_plugin.session import ScoringRequest, ScoringSession
 from synflow_plugin.targets import current_mask
 
@@ -139,6 +139,8 @@ class PaIPruningMethod(prune.BasePruningMethod):
         schedule: ``"exponential"`` (the paper) or ``"linear"``.
         scope: ``"global"``, ``"local"`` (same fraction per tensor) or ``"erk"``.
         progress: tqdm bar over the rounds (default: on a terminal only).
+        min_density: the fraction of each pruned tensor kept at least (the total count
+            stays exact); guards against layer collapse.
         **options: the criterion's options (``batchnorm=``, ``seed=``, ``temperature=``).
     """
 
@@ -158,11 +160,13 @@ class PaIPruningMethod(prune.BasePruningMethod):
         schedule: str = "exponential",
         scope: str = "global",
         progress: bool | None = None,
+        min_density: float = 0.0,
         **options: Any,
     ) -> None:
         caller = type(self).__name__
         _check_criterion_attribute(type(self))
         self.amount = check_amount(amount, caller)
+        self.min_density = check_min_density(min_density, caller)
         if model is None:
             raise PruningError(
                 f"{caller} scores the whole network: pass model=<the nn.Module that contains the "
@@ -187,7 +191,7 @@ class PaIPruningMethod(prune.BasePruningMethod):
         the model or the data."""
         session = ScoringSession(self._model, params, self._request)
         self._model = self._request = None
-        return run_plan(session, scope_plan(session, self.amount))
+        return run_plan(session, scope_plan(session, self.amount, self.min_density))
 
     def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
         """The mask of the surviving entries ``t`` of the tensors given to ``global_unstructured``."""
