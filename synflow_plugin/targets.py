@@ -22,6 +22,8 @@ from synflow_plugin.errors import PruningError, PruningTypeError
 __all__ = [
     # what is pruned
     "PRUNABLE_TYPES",
+    "RECURRENT_AND_ATTENTION",
+    "EMBEDDINGS",
     "Target",
     "prunable_parameters",
     "resolve_targets",
@@ -32,9 +34,10 @@ __all__ = [
 ]
 
 #: Module types whose ``weight`` is pruned by default (the paper prunes every
-#: convolution and linear layer, classifier included; biases and BatchNorm are kept).
+#: convolution and linear layer, classifier included; biases and norms are kept).
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
+    nn.Bilinear,
     nn.Conv1d,
     nn.Conv2d,
     nn.Conv3d,
@@ -42,6 +45,31 @@ PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
 )
+#: Layers whose weights are not called ``weight``, pruned by default too: attention's
+#: packed (or separate) input projections, and every recurrent weight matrix.
+RECURRENT_AND_ATTENTION: tuple[type[nn.Module], ...] = (nn.MultiheadAttention, nn.RNNBase, nn.RNNCellBase)
+#: Embedding tables, pruned only on request (``prunable_parameters(model, embeddings=True)``).
+EMBEDDINGS: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
+
+
+def _weight_names(module: nn.Module, types: tuple[type[nn.Module], ...], embeddings: bool) -> list[str]:
+    """The names of ``module``'s own parameters that :func:`prunable_parameters` lists."""
+    own = {n[: -len("_orig")] if n.endswith("_orig") else n: p for n, p in module._parameters.items() if p is not None}
+    if isinstance(module, nn.MultiheadAttention) and any(issubclass(nn.MultiheadAttention, t) for t in types):
+        return [n for n in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight") if n in own]
+    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)) and isinstance(module, types):
+        return [n for n in own if n.startswith("weight_")]
+    if isinstance(module, types) or (embeddings and isinstance(module, EMBEDDINGS)) or _is_conv1d(module, types):
+        return ["weight"] if "weight" in own else []
+    return []
+
+
+def _is_conv1d(module: nn.Module, types: tuple[type[nn.Module], ...]) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2's linear layers, weight stored (in, out)),
+    recognised by its name and shape so that transformers need not be imported."""
+    return (nn.Linear in types and type(module).__name__ == "Conv1D"
+            and isinstance(module._parameters.get("weight", module._parameters.get("weight_orig")), torch.Tensor)
+            and module._parameters.get("weight", module._parameters.get("weight_orig")).dim() == 2)
 
 
 @dataclass(frozen=True)
@@ -68,28 +96,53 @@ class Target:
 
 
 def prunable_parameters(
-    model: nn.Module, types: Sequence[type[nn.Module]] = PRUNABLE_TYPES
+    model: nn.Module,
+    types: Sequence[type[nn.Module]] = PRUNABLE_TYPES + RECURRENT_AND_ATTENTION,
+    *,
+    embeddings: bool = False,
 ) -> list[tuple[nn.Module, str]]:
-    """The ``(module, "weight")`` pairs of every convolution and linear layer of ``model``.
+    """The ``(module, name)`` pairs of every weight matrix and kernel of ``model``.
 
-    The list to hand to ``prune.global_unstructured``; each module appears once even
-    if it is registered under several names, and a weight tied into several modules
-    (e.g. an embedding shared with the output layer) is listed once, with its first module.
+    The list to hand to ``prune.global_unstructured``. By default: the ``weight`` of
+    every linear and convolution layer (transposed ones, ``nn.Bilinear`` and Hugging
+    Face's ``Conv1D`` included), the input projections of ``nn.MultiheadAttention``
+    (``in_proj_weight``, or ``q/k/v_proj_weight``; its ``out_proj`` is a linear layer),
+    and the weight matrices of ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` and their cells
+    (``weight_ih_l0``, ``weight_hh_l0``, ...). Biases and norms are kept. Embedding
+    tables only with ``embeddings=True``.
+
+    Args:
+        model: the network.
+        types: the module types to list (e.g. ``(nn.Conv2d,)`` for convolutions only).
+        embeddings: also list ``nn.Embedding`` / ``nn.EmbeddingBag`` tables.
+
+    Each module appears once even if it is registered under several names, and a
+    weight tied into several modules (e.g. an embedding shared with the output layer)
+    is listed once, with its first module.
 
     >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     >>> [type(m).__name__ for m, _ in prunable_parameters(model)]
     ['Linear', 'Linear']
+    >>> lstm = nn.LSTM(4, 8)
+    >>> [name for _, name in prunable_parameters(lstm)]
+    ['weight_ih_l0', 'weight_hh_l0']
     """
     if not isinstance(model, nn.Module):
         raise PruningTypeError(
             f"prunable_parameters(): model should be a torch.nn.Module, got {type(model).__name__}"
         )
+    if isinstance(types, type) or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
+        raise PruningTypeError(
+            f"prunable_parameters(): types should be a sequence of nn.Module subclasses, got {types!r}"
+        )
+    types = tuple(types)
     pairs, seen = [], set()
     for module in model.modules():
-        weight = module._parameters.get("weight_orig", module._parameters.get("weight"))
-        if isinstance(module, tuple(types)) and weight is not None and id(weight) not in seen:
-            seen.add(id(weight))
-            pairs.append((module, "weight"))
+        for name in _weight_names(module, types, embeddings):
+            weight = module._parameters.get(f"{name}_orig", module._parameters.get(name))
+            if id(weight) not in seen:
+                seen.add(id(weight))
+                pairs.append((module, name))
     return pairs
 
 
