@@ -94,6 +94,7 @@ class InvertedCriterion(Criterion):
         self.needs_data = base.needs_data
         self.needs_example_inputs = base.needs_example_inputs
         self.seeded = base.seeded
+        self.reads_network = base.reads_network
         self.default_iterations = base.default_iterations
         self.revives = base.revives
         self.wide_range = base.wide_range

@@ -484,3 +484,17 @@ def test_a_renamed_torch_local_is_a_clear_error(monkeypatch):
     # and the way out it names works
     Magnitude.apply(params[0][0], "weight", amount=0.5, model=model)
     assert int(params[0][0].weight_mask.sum()) == params[0][0].weight.numel() // 2
+
+
+def test_magnitude_and_random_need_no_model_as_torch_l1_unstructured():
+    model = small_vgg()
+    params = prunable_parameters(model)
+    reference = compute_masks(model, params, "magnitude", 0.7)
+    prune.global_unstructured(params, pruning_method=Magnitude, amount=0.7)
+    assert all(torch.equal(m.weight_mask.bool(), r) for (m, _), r in zip(params, reference))
+    layer = prunable_parameters(small_vgg())[0][0]
+    Random.apply(layer, "weight", amount=0.5, seed=0)
+    assert int(layer.weight_mask.sum()) == layer.weight.numel() - round(0.5 * layer.weight.numel())
+    with pytest.raises(PruningError, match="SynFlow scores the whole network: pass model="):
+        prune.global_unstructured(prunable_parameters(small_vgg()), pruning_method=SynFlow, amount=0.5,
+                                  example_inputs=X)

@@ -130,7 +130,8 @@ class PaIPruningMethod(prune.BasePruningMethod):
 
     Args:
         amount: fraction in [0, 1] of the surviving weights to prune, or their number.
-        model: the network holding the pruned tensors (scored as a whole, never changed).
+        model: the network holding the pruned tensors (scored as a whole, never changed);
+            optional for criteria that do not run the network (``Magnitude``, ``Random``).
         example_inputs: an input ``model`` accepts (SynFlow uses only its shape).
         data: ``(inputs, targets)`` batches for data-driven criteria (SNIP, GraSP, ...).
         loss_fn: ``loss_fn(logits, targets)``; cross-entropy by default.
@@ -167,17 +168,17 @@ class PaIPruningMethod(prune.BasePruningMethod):
         _check_criterion_attribute(type(self))
         self.amount = check_amount(amount, caller)
         self.min_density = check_min_density(min_density, caller)
-        if model is None:
-            raise PruningError(
-                f"{caller} scores the whole network: pass model=<the nn.Module that contains the "
-                f"pruned layers>, e.g. prune.global_unstructured(params, pruning_method={caller}, "
-                "amount=0.9, model=model, example_inputs=x)"
-            )
         # Every argument is checked here, before torch does any work.
         self._model: nn.Module | None = model
         self._request: ScoringRequest | None = ScoringRequest.build(
             self.criterion, example_inputs=example_inputs, data=data, loss_fn=loss_fn, num_batches=num_batches,
             iterations=iterations, schedule=schedule, scope=scope, progress=progress, caller=caller, **options)
+        if model is None and self._request.criterion.reads_network:
+            raise PruningError(
+                f"{caller} scores the whole network: pass model=<the nn.Module that contains the "
+                f"pruned layers>, e.g. prune.global_unstructured(params, pruning_method={caller}, "
+                "amount=0.9, model=model, example_inputs=x)"
+            )
         call = _global_unstructured_call(caller)
         if call is not None and call[1]:
             raise PruningError(
@@ -189,7 +190,9 @@ class PaIPruningMethod(prune.BasePruningMethod):
     def _masks(self, params: list) -> list[torch.Tensor]:
         """The core's masks for ``params``; afterwards the method holds no reference to
         the model or the data."""
-        session = ScoringSession(self._model, params, self._request)
+        # A criterion that does not run the network (magnitude, random) needs only the pruned layers.
+        model = self._model if self._model is not None else nn.ModuleList(dict.fromkeys(m for m, _ in params))
+        session = ScoringSession(model, params, self._request)
         self._model = self._request = None
         return run_plan(session, scope_plan(session, self.amount, self.min_density))
 

@@ -296,6 +296,8 @@ class Criterion(abc.ABC):
         needs_example_inputs: whether :meth:`score` runs the model on ``example_inputs``
             (data-free criteria that still read the network, as SynFlow).
         seeded: whether the criterion draws random numbers and takes a ``seed=`` option.
+        reads_network: whether scores depend on the network beyond the pruned tensors
+            themselves (False for magnitude and random, which then need no ``model=``).
         default_iterations: pruning rounds the paper uses (1 = one shot).
         revives: whether weights pruned in an earlier round of the same call may come
             back (FORCE); weights pruned before the call never do.
@@ -314,6 +316,7 @@ class Criterion(abc.ABC):
     needs_data: ClassVar[bool] = False
     needs_example_inputs: ClassVar[bool] = False
     seeded: ClassVar[bool] = False
+    reads_network: ClassVar[bool] = True
     default_iterations: ClassVar[int] = 1
     revives: ClassVar[bool] = False
     times_weight: ClassVar[bool] = False

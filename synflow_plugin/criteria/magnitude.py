@@ -14,6 +14,7 @@ class MagnitudeCriterion(Criterion):
     widest layers first (SynFlow paper, Fig. 1)."""
 
     name = "magnitude"
+    reads_network = False
     summary = "keep the largest |w| (baseline)"
 
     def score(self, state: ScoringState) -> list[torch.Tensor]:

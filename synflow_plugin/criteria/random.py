@@ -24,6 +24,7 @@ class RandomCriterion(Criterion):
     """
 
     name = "random"
+    reads_network = False
     summary = "Gaussian scores: a uniformly random mask (baseline)"
     seeded = True
 
