@@ -26,7 +26,7 @@ from synflow_plugin.collapse import LayerCollapseWarning, warn_collapse
 from synflow_plugin.criteria import Criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.plan import Group, Member, Plan, bounded_drop
-from synflow_plugin.selection import Survivors, drop_smallest, smallest_positions
+from synflow_plugin.selection import Round, Survivors, drop_smallest, smallest_positions
 from synflow_plugin.session import SCHEDULES, SCOPES, ScoringRequest, ScoringSession, ZeroFlowWarning
 from synflow_plugin.targets import Target
 
@@ -329,9 +329,10 @@ def run_plan(session: ScoringSession, plan: Plan) -> list[torch.Tensor]:
 
 
 def _on_kernels(group: Group, plan: Plan, targets: Sequence[Target]) -> bool:
-    """Whether the compiled kernels rank ``group``: single, unbounded weights."""
+    """Whether the compiled kernels rank ``group``: single weights of whole tensors,
+    one member each (bounds allowed, no threshold, no tied tensors, unit cost)."""
     return all(len(m.tensors) == 1 and plan.units[m.tensors[0]] == targets[m.tensors[0]].numel
-               and m.start == 0 and m.stop == plan.units[m.tensors[0]] and not m.bounded
+               and m.start == 0 and m.stop == plan.units[m.tensors[0]] and m.size == 1
                and m.threshold is None for m in group.members)
 
 
@@ -349,16 +350,22 @@ class _Loop:
         self.fast = [[m.tensors[0] for m in g.members] for g in fast]
         self.slow = [g for g in plan.groups if not _on_kernels(g, plan, targets)]
 
-        # Kernel-ranked targets: the flat positions they may lose.
+        # Kernel-ranked targets: the flat positions they may lose, the weights each group
+        # keeps after every round, and its members' floors (lo) and caps (hi), if bounded.
         on_kernels = {t for group in self.fast for t in group}
         self.on_kernels = on_kernels
         candidates = [_positions(m) if t in on_kernels else np.empty(0, dtype=np.int64)
                       for t, m in enumerate(session.start_masks)]
+        self.start_live = [c.size for c in candidates]
         self.alive = Survivors(candidates, revivable=self.criterion.revives, threads=torch.get_num_threads())
-        self.fast_keep = []
+        self.fast_keep, self.fast_bounds = [], []
         for group, g in zip(self.fast, fast):
-            start = sum(candidates[t].size for t in group)
-            self.fast_keep.append(keep_schedule(start, start - g.budget, self.rounds, request.schedule))
+            start = sum(self.start_live[t] for t in group)
+            self.fast_keep.append(keep_schedule(start, start - min(g.budget, start), self.rounds, request.schedule))
+            bounded = any(m.bounded for m in g.members)
+            self.fast_bounds.append([(
+                [n - k for k in keep_schedule(n, n - min(m.lo, n), self.rounds, request.schedule)], min(m.hi, n))
+                for m, n in ((m, self.start_live[m.tensors[0]]) for m in g.members)] if bounded else None)
 
         # Unit-ranked members: the units they may lose, their budgets and floors per round.
         self.members = [m for g in self.slow for m in g.members]
@@ -390,17 +397,16 @@ class _Loop:
         if criterion.revives:
             self._revive(r)
         before = [self.alive.live(t) for t in range(len(session.targets))]
-        counts = [sum(before[t] for t in group) - keep[r] for group, keep in zip(self.fast, self.fast_keep)]
 
         widen = criterion.wide_range and state.can_promote
         scores = session.scores()
         units, outside = self._unit_scores(scores)
-        result = self._rank(scores, counts, hold=widen)
+        result = self._rank(scores, before, r, hold=widen)
         if widen and (result.held or outside) and state.promote():
             # A score left the normal range of the model's dtype: this round again in float64.
             scores = session.scores()
             units, outside = self._unit_scores(scores)
-            result = self._rank(scores, counts, hold=False)
+            result = self._rank(scores, before, r, hold=False)
         self._check(scores, units, result)
         if r == 0:
             zero = [n > 0 and not nz for n, nz in zip(before, result.nonzero)]
@@ -431,27 +437,65 @@ class _Loop:
                         p.data.copy_(torch.where(keep, theta0, torch.zeros((), dtype=p.dtype, device=p.device)))
         self.alive.reset()
 
-    def _rank(self, scores: list[torch.Tensor], counts: list[int], hold: bool):
-        """The kernel-ranked groups' pass: group g loses ``counts[g]`` survivors (none with
-        ``hold`` if a score is outside its dtype's normal range)."""
-        criterion, state = self.criterion, self.session.state
+    def _rank(self, scores: list[torch.Tensor], before: list[int], r: int, hold: bool):
+        """The kernel-ranked groups' round; nothing is pruned (the result ``held``) when
+        ``hold`` and a score is outside its dtype's normal range.
+
+        Each group loses what its schedule says for round ``r``. A bounded group first
+        prunes every member to its floor, then ranks the rest: a dry pass tells which
+        members the ranking would take past their cap; those are pruned exactly to it,
+        the others ranked again (a clamped threshold, as :func:`~synflow_plugin.plan.bounded_drop`).
+        """
+        criterion, state, fast = self.criterion, self.session.state, self.on_kernels
         dtype = np.float64 if any(s.dtype == torch.float64 for s in scores) else np.float32
-        fast = self.on_kernels
         # Pruned weights are zeroed in the scored copy: in place where numpy shares its
         # memory, else (another device or dtype) through torch with the recorded positions.
         zero = [None if criterion.revives or t not in fast else _shared_numpy(p) for t, p in enumerate(state.params)]
-        return self.alive.prune(
+        arrays = dict(
             scores=[_as_numpy(s, dtype) if t in fast else None for t, s in enumerate(scores)],
             weights=[_as_numpy(p, dtype) if criterion.times_weight and t in fast else None
                      for t, p in enumerate(state.params)],
-            absolute=criterion.ranks_magnitude,
-            groups=self.fast,
-            counts=counts,
-            zero=zero,
+            absolute=criterion.ranks_magnitude, zero=zero, seed=state.round,
             record=[t in fast and not criterion.revives and z is None for t, z in enumerate(zero)],
-            seed=state.round,
-            hold_outside=hold,
         )
+        plain, bounded = [], []
+        for group, keep, bounds in zip(self.fast, self.fast_keep, self.fast_bounds):
+            count = sum(before[t] for t in group) - keep[r]
+            if bounds is None:
+                plain.append((group, count))
+                continue
+            already = [self.start_live[t] - before[t] for t in group]
+            floors = [max(0, lo[r] - a) for (lo, _), a in zip(bounds, already)]
+            caps = [hi - a for (_, hi), a in zip(bounds, already)]
+            bounded.append((group, min(max(count, sum(floors)), sum(caps)), floors, caps))
+        if not bounded:
+            return self.alive.prune(groups=[g for g, _ in plain], counts=[c for _, c in plain],
+                                    hold_outside=hold, **arrays)
+        # One dry pass over every kernel-ranked target: the round's statistics, and its precision.
+        first = self.alive.prune(groups=[g for g, _ in plain] + [g for g, *_ in bounded],
+                                 counts=[c for _, c in plain] + [c for _, c, *_ in bounded],
+                                 hold_outside=hold, dry_run=True, **arrays)
+        if first.held:
+            return first
+        steps = [([g for g, _ in plain] + [[t] for g, _, floors, _ in bounded for t, f in zip(g, floors) if f],
+                  [c for _, c in plain] + [f for _, _, floors, _ in bounded for f in floors if f])]
+        passes = [self.alive.prune(groups=steps[0][0], counts=steps[0][1], **arrays)]
+        for group, count, floors, caps in bounded:
+            free = {t: cap - floor for t, floor, cap in zip(group, floors, caps)}
+            rest = count - sum(floors)
+            while rest > 0 and free:
+                trial = self.alive.prune(groups=[list(free)], counts=[rest], dry_run=True, **arrays)
+                over = {t: room for t, room in free.items() if trial.would[t] > room}
+                if not over:
+                    passes.append(self.alive.prune(groups=[list(free)], counts=[rest], **arrays))
+                    break
+                passes.append(self.alive.prune(groups=[[t] for t in over], counts=list(over.values()), **arrays))
+                rest -= sum(over.values())
+                free = {t: room for t, room in free.items() if t not in over}
+        merged = [None if all(p.pruned[t] is None for p in passes) else
+                  np.sort(np.concatenate([p.pruned[t] for p in passes if p.pruned[t] is not None]))
+                  for t in range(len(state.params))]
+        return Round(first.nan, first.nonzero, first.outside, merged)
 
     def _unit_scores(self, scores: list[torch.Tensor]) -> tuple[list[np.ndarray], bool]:
         """Per unit-ranked member, the scores of all its units (a tied member's averaged),

@@ -139,6 +139,8 @@ class Round:
     pruned: list[np.ndarray | None]
     #: whether the round was held back unpruned (see ``Survivors.prune(hold_outside=...)``)
     held: bool = False
+    #: per target, how many survivors the call prunes (or, with ``dry_run``, would prune)
+    would: list[int] | None = None
 
 
 class Survivors:
@@ -199,6 +201,7 @@ class Survivors:
         record: Sequence[bool],
         seed: int = 0,
         hold_outside: bool = False,
+        dry_run: bool = False,
     ) -> Round:
         """Prune the ``counts[g]`` smallest scores among the survivors of each group of targets.
 
@@ -208,9 +211,13 @@ class Survivors:
         returned where ``record[t]``. Ties: the earliest (target, position) goes first.
         Nothing is pruned when a score is NaN (see :attr:`Round.nan`), nor, with
         ``hold_outside``, when a score lies outside its dtype's normal range: the caller
-        can then score the round again in a wider dtype and call again.
+        can then score the round again in a wider dtype and call again. With ``dry_run``
+        nothing is pruned either, and :attr:`Round.would` says how many survivors of each
+        target the call would prune (a bounded ranking fixes the targets over their bound
+        and ranks the rest again).
         """
         members = [[s for t in group for s in self._by_target[t]] for group in groups]
+        in_call = {s for segments in members for s in segments}
         brackets = [self._bracket(segments, count, scores, weights, absolute, seed)
                     for segments, count in zip(members, counts)]
         self._scan([(s, b) for segments, b in zip(members, brackets) for s in segments], scores, weights, absolute)
@@ -223,13 +230,18 @@ class Survivors:
                 below = 0
             chosen.update(self._choose(segments, count - below))
 
-        nan, nonzero, outside = ([sum(getattr(s, stat) for s in segments) for segments in self._by_target]
+        # Per target, over the segments this call scanned (the others are left as they are).
+        scanned = [[s for s in segments if s in in_call] for segments in self._by_target]
+        nan, nonzero, outside = ([sum(getattr(s, stat) for s in segments) for segments in scanned]
                                  for stat in ("nan", "nonzero", "outside"))
         pruned: list[np.ndarray | None] = [None] * len(self._by_target)
+        would = [sum(s.n_below + (chosen[s].size if s in chosen else 0) for s in segments) for segments in scanned]
         if any(nan) or (hold_outside and any(outside)):
-            return Round(nan, nonzero, outside, pruned, held=True)
+            return Round(nan, nonzero, outside, pruned, held=True, would=would)
+        if dry_run:
+            return Round(nan, nonzero, outside, pruned, would=would)
         drops = []
-        for t, segments in enumerate(self._by_target):
+        for t, segments in enumerate(scanned):
             parts = []
             for s in segments:
                 index = s.below[: s.n_below]
@@ -242,7 +254,7 @@ class Survivors:
             if record[t]:
                 pruned[t] = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
         _kernels.drop_many(drops, self.threads)
-        return Round(nan, nonzero, outside, pruned)
+        return Round(nan, nonzero, outside, pruned, would=would)
 
     def _scan(self, work: list[tuple[_Segment, tuple[float, float]]], scores, weights, absolute) -> None:
         """One scoring pass over each segment of ``work``, with its bracket ``(lo, hi)``."""

@@ -7,6 +7,7 @@ request. :func:`check_case` prunes it through :func:`~synflow_plugin.compute_mas
 or ``prune.global_unstructured`` and asserts what every prune must give:
 
 - the exact count: ``survivors - round(amount * survivors)`` weights kept;
+- ``min_density``, where the case asks for it: no tensor below its floor;
 - no revival: a weight pruned before the call stays pruned;
 - nothing lost: every parameter and buffer, mode and ``requires_grad`` flag of the
   model is bit-identical afterwards (through torch.prune only the masks are added);
@@ -23,6 +24,7 @@ True
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +135,12 @@ def random_case(rng: np.random.Generator, criterion: str | None = None, entry_po
     amount: int | float = (float(rng.choice([0.0, 0.5, 0.9, 0.99, rng.uniform(0, 1)])) if rng.random() < 0.8
                            else int(rng.integers(0, survivors + 1)))
     kwargs: dict[str, Any] = {}
+    if rng.random() < 0.3:  # a floor per tensor, where the request leaves room for it
+        min_density = float(rng.choice([0.01, 0.05, 0.2]))
+        floors = sum(min(int(current_mask(m, n).sum()), math.ceil(min_density * current_mask(m, n).numel() - 1e-9))
+                     for m, n in params)
+        if survivors - num_to_prune(amount, survivors) >= floors:
+            kwargs["min_density"] = min_density
     needs = get_criterion(criterion)
     if needs.needs_data:
         g = torch.Generator().manual_seed(seed)
@@ -189,6 +197,8 @@ def check_case(case: Case) -> Outcome:
     assert kept == case.expected_kept, f"{what}: kept {kept}, expected {case.expected_kept}"
     for mask, pruned in zip(masks, case.pruned_before):
         assert not bool((mask & pruned.to(mask.device)).any()), f"{what}: a weight pruned before came back"
+        floor = math.ceil(case.kwargs.get("min_density", 0.0) * mask.numel() - 1e-9)
+        assert int(mask.sum()) >= min(floor, int((~pruned).sum())), f"{what}: a tensor fell below min_density"
     # Through torch.prune only masks are added: weight_orig holds the weights as they were.
     _assert_same(before, _state(model), what)
     if get_criterion(case.criterion).wide_range and case.entry_point == "compute_masks":

@@ -125,3 +125,21 @@ def test_min_density_through_torch_prune_and_when_it_cannot_be_met():
     with pytest.raises(PruningError, match=r"min_density=1.5 should be a float in \[0, 1\]"):
         model = mlp_with_a_small_layer()
         compute_masks(model, prunable_parameters(model), "magnitude", 0.9, min_density=1.5)
+
+
+@pytest.mark.parametrize("criterion", ["synflow", "magnitude"])
+def test_bounded_ranking_on_the_kernels_equals_the_unit_ranking(criterion, monkeypatch):
+    from synflow_plugin import masking
+    from synflow_plugin.models import create_model
+
+    def masks():
+        torch.manual_seed(0)
+        model = create_model("vgg11_bn", num_classes=10, width_multiplier=0.25)
+        return compute_masks(model, prunable_parameters(model), criterion, 0.995, min_density=0.004,
+                             example_inputs=torch.randn(1, 3, 32, 32), iterations=20)
+
+    kernels = masks()
+    monkeypatch.setattr(masking, "_on_kernels", lambda *args: False)
+    units = masks()
+    assert all(torch.equal(a, b) for a, b in zip(kernels, units))
+    assert min(int(m.sum()) / m.numel() for m in kernels) >= 0.004 - 1e-9

@@ -190,10 +190,18 @@ def test_scores_and_metrics_agree_with_core_scores():
         torch.testing.assert_close(got.reshape(expected.shape), expected, rtol=1e-6, atol=0)
 
 
+BOUNDED = [{"op_types": ["Conv2d"], "sparse_ratio": 0.9, "global_group_id": 0, "max_sparse_ratio": 0.85,
+            "min_sparse_ratio": 0.3},
+           {"op_types": ["Linear"], "sparse_ratio": 0.9, "global_group_id": 0}]
+
+
 @pytest.mark.parametrize("name,config", [
     ("synflow", GLOBAL),
     ("magnitude", [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.6}]),
     ("force", GLOBAL),
+    ("synflow", BOUNDED),
+    ("magnitude", BOUNDED),
+    ("force", BOUNDED),
 ])
 def test_kernel_and_unit_rankings_of_the_one_loop_agree(name, config, monkeypatch):
     # The loop ranks single unbounded weights with the compiled kernels and everything
