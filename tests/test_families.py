@@ -141,3 +141,21 @@ def test_nni_refuses_by_name_the_layers_it_cannot_prune(family, op_type, name):
     with pytest.raises(PruningError, match=rf"selects '{name}' \({op_type}\).*which NNI cannot prune"):
         SynFlowPruner(model, config, dummy_input=torch.randn(*shape))
     assert not any(hasattr(m, "_nni_wrapper") for m in model.modules())
+
+
+def test_the_readme_transformers_and_rnns_example_runs():
+    pytest.importorskip("transformers")
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Transformers and RNNs", 1)[1]
+    source = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LayerCollapseWarning)
+        exec(compile(source, "README.md", "exec"), namespace)
+    lm, params = namespace["lm"], namespace["params"]
+    assert {n for _, n in params} == {"weight", "weight_ih_l0", "weight_hh_l0"}
+    total = sum(getattr(m, n).numel() for m, n in params)
+    assert sum(int(getattr(m, f"{n}_mask").sum()) for m, n in params) == total - round(0.9 * total)
+    assert namespace["gpt2"].transformer.h[0].attn.c_attn.weight_mask.float().mean() < 0.5

@@ -485,3 +485,20 @@ def test_example_runs_and_reports_the_reduction(argv, capsys):
     assert result["params_after"] < 0.4 * result["params_before"]
     assert result["macs_after"] < 0.8 * result["macs_before"]
     assert f"{result['params_after']:,}" in printed and f"{int(result['macs_after']):,}" in printed
+
+
+def test_synflow_takes_the_input_of_an_mlp_from_the_pruners_trace():
+    # The first node of torch-pruning's graph for a linear layer is its weight transpose;
+    # the input is still read from the trace, as for a convolution.
+    def pruned(importance):
+        torch.manual_seed(0)
+        mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+        pruner = tp.pruner.MetaPruner(mlp, torch.randn(2, 8), importance=importance, pruning_ratio=0.5,
+                                      ignored_layers=[mlp[4]], global_pruning=True)
+        pruner.step()
+        return [m.weight.detach().clone() for m in mlp if isinstance(m, nn.Linear)]
+
+    inferred = pruned(SynFlowImportance())
+    given = pruned(SynFlowImportance(example_inputs=torch.randn(1, 8)))
+    assert [w.shape[0] for w in inferred] == [w.shape[0] for w in given] and sum(w.shape[0] for w in inferred[:2]) == 16
+    assert all(torch.equal(a, b) for a, b in zip(inferred, given))

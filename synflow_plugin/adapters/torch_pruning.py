@@ -549,7 +549,10 @@ def _traced_inputs(graph: Any) -> torch.Tensor | None:
         return None
     found = set()
     for module, node in module2node.items():
-        if node.inputs or not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        # A linear layer's weight transpose is a node of its own, with no inputs: it
+        # does not make the layer a reader of another layer's output.
+        readers = [n for n in node.inputs if n.inputs or type(getattr(n, "grad_fn", None)).__name__ != "TBackward0"]
+        if readers or not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
             continue
         saved = None
         for attr in ("_saved_input", "_saved_mat1", "_saved_self"):  # conv, addmm, mm
