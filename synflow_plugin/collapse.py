@@ -49,16 +49,6 @@ def collapsed_targets(targets: Sequence[Target], masks: Sequence[torch.Tensor],
     return out
 
 
-def _float_leaves(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value] if value.is_floating_point() else []
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _float_leaves(v)]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _float_leaves(v)]
-    return []
-
-
 def _with_grad(value: Any) -> Any:
     """``value`` with each floating tensor a fresh leaf that requires grad."""
     if isinstance(value, torch.Tensor):
@@ -86,7 +76,7 @@ def output_depends_on_input(model: nn.Module, targets: Sequence[Target], masks: 
     """Whether ``model`` with ``masks`` applied to ``targets`` still has an output that
     depends on its input ``example``; None when that cannot be told (no floating input,
     or the model does not run on it). ``model`` is not changed (a copy is run)."""
-    if example is None or not _float_leaves(example):
+    if example is None or not flow_outputs(example):
         return None
     copy = clone_model(model)
     copy.eval()
@@ -106,7 +96,7 @@ def output_depends_on_input(model: nn.Module, targets: Sequence[Target], masks: 
             total = sum(o.float().sum() for o in outputs)
             if not total.requires_grad:
                 return False
-            grads = torch.autograd.grad(total, _float_leaves(leaves_in), allow_unused=True)
+            grads = torch.autograd.grad(total, flow_outputs(leaves_in), allow_unused=True)
     except Exception:  # a check that cannot run must not turn a prune into an error
         return None
     return any(g is not None and bool(g.detach().abs().sum() > 0) for g in grads)

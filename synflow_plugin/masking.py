@@ -1,8 +1,11 @@
 """Scores to masks: exact top-k, global or per-layer budgets, schedules, the iterative loop.
 
-:func:`compute_masks` is the one function every adapter calls. It scores a private
-copy of the model (see :func:`~synflow_plugin.targets.scoring_copy`) round after
-round and returns one boolean mask per target; the model itself is never changed.
+:func:`run_plan` is the one pruning loop of every host: it runs a
+:class:`~synflow_plugin.plan.Plan` (what to prune, in which groups, to which budgets)
+on a :class:`~synflow_plugin.session.ScoringSession` (the private scoring copy of the
+model), round after round, and returns one boolean mask per target; the model itself
+is never changed. :func:`compute_masks` is the plan of the ``torch.nn.utils.prune``
+methods: ``amount`` of the survivors, globally, per layer or on ERK budgets.
 
 Counts are exact: a call keeps exactly ``survivors - round(amount * survivors)``
 weights, whatever the ties (the published SynFlow code prunes every score
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from synflow_plugin._kernels import normal_range
 from synflow_plugin.collapse import LayerCollapseWarning, warn_collapse
 from synflow_plugin.criteria import Criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
@@ -626,8 +630,6 @@ def _units_of(score: torch.Tensor, units: int) -> np.ndarray:
 
 
 def _normal_range(scores: list[torch.Tensor]) -> tuple[float, float]:
-    from synflow_plugin._kernels import normal_range
-
     return normal_range(np.float64 if any(s.dtype == torch.float64 for s in scores) else np.float32)
 
 
