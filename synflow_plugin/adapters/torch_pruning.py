@@ -89,6 +89,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from synflow_plugin.collapse import LayerCollapseWarning
 from synflow_plugin.criteria import Criterion, Inputs, get_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.masking import ZeroFlowWarning, compute_scores
@@ -270,6 +271,7 @@ class PaIImportance(tp.importance.Importance):
         """One score per channel of ``group`` (``len(group[0].idxs)`` values, float64)."""
         graph = _graph_of(group)
         model = self._model_of(group)
+        self._refuse_unprunable(group, graph)
         table = self.element_scores(model, graph)
         root_idxs = list(group[0].root_idxs if group[0].root_idxs is not None else group[0].idxs)
         position = {r: i for i, r in enumerate(root_idxs)}
@@ -307,6 +309,42 @@ class PaIImportance(tp.importance.Importance):
             best = torch.argsort(importance, descending=True, stable=True)[: min(self.min_channels, length)]
             importance[best] = math.inf
         return importance
+
+    def _refuse_unprunable(self, group: Any, graph: Any) -> None:
+        """Raise before torch-pruning changes anything for groups it would prune wrongly.
+
+        torch-pruning asks for every group's scores before it removes any channel, so an
+        error here leaves the model untouched; the same groups fail inside torch-pruning
+        only after earlier groups of the step were already removed."""
+        caller = type(self).__name__
+        root_dep = group[0].dep
+        if _direction(root_dep, graph) != "out":
+            # a pruner given num_heads= re-roots an attention group at a downstream layer's
+            # input channels, and then removes whole multiples of the head count
+            return
+        for item in group:
+            module = item.dep.target.module
+            if isinstance(module, nn.MultiheadAttention) and _direction(item.dep, graph) == "out":
+                name = getattr(graph, "_module2name", {}).get(module, "the attention layer")
+                raise PruningError(
+                    f"{caller}: the group of {_group_label(group, graph)} removes embedding dims of "
+                    f"nn.MultiheadAttention '{name}' (embed_dim={module.embed_dim}, num_heads={module.num_heads}), "
+                    "but the pruner was not told its heads: torch-pruning would remove a number of dims "
+                    "num_heads need not divide and fail after other layers were already pruned. Pass "
+                    f"num_heads={{{_module_ref(name)}: {module.num_heads}}} to the pruner, e.g. "
+                    "tp.pruner.MetaPruner(..., num_heads={m: m.num_heads for m in model.modules() "
+                    "if isinstance(m, nn.MultiheadAttention)}); nothing was pruned."
+                )
+        root = root_dep.target.module
+        if isinstance(root, nn.LSTM):
+            name = getattr(graph, "_module2name", {}).get(root, type(root).__name__.lower())
+            raise PruningError(
+                f"{caller}: the group of {_group_label(group, graph)} removes hidden units of a recurrent "
+                f"layer ({type(root).__name__}, hidden_size={root.hidden_size}); torch-pruning 1.6 cannot "
+                "(its LSTM pruner indexes past the stacked gate weights and fails after other layers "
+                f"were already pruned). Add it to the pruner's ignored_layers=[{_module_ref(name)}] (its input "
+                "channels are still pruned); nothing was pruned."
+            )
 
     # ------------------------------------------------------------------ element scores
     def element_scores(self, model: nn.Module, graph: Any = None) -> dict[int, dict[str, torch.Tensor]]:
@@ -490,6 +528,13 @@ def _group_label(group: Any, graph: Any) -> str:
     return f"'{name}' ({type(module).__name__})" if name else type(module).__name__
 
 
+def _module_ref(name: str) -> str:
+    """How user code reaches the submodule ``name`` of ``model``."""
+    if all(part.isidentifier() for part in name.split(".")):
+        return f"model.{name}"
+    return f"model.get_submodule({name!r})"
+
+
 def _preview(scores: torch.Tensor, count: int = 4) -> str:
     values = ", ".join(f"{v:.3g}" for v in scores.flatten()[:count].tolist())
     return f"[{values}{', ...' if scores.numel() > count else ''}]"
@@ -667,23 +712,66 @@ def get_importance(criterion: str, **kwargs: Any) -> PaIImportance:
 
 
 # ---------------------------------------------------------------------------- checks
-def check_pruned(pruner: tp.pruner.BasePruner, *, warn: bool = True) -> int:
-    """How many channels a global torch-pruning pruner kept beyond its request so far.
+class PruneCheck(int):
+    """What :func:`check_pruned` found: an ``int``, ``remaining - requested`` channels (as
+    before), that also carries the layers the step left collapsed.
 
-    torch-pruning skips a group without a word when its removal would empty a layer
-    (see the module documentation). Call this after ``pruner.step()``: it compares
-    the channels left in the prunable groups with ``pruning_ratio`` of the current step.
+    Attributes:
+        collapsed: ``'name' (Type): k of n channels`` for each prunable layer left with
+            ``max(1, min_channels)`` channels or fewer of more than that at the start; a
+            layer at that floor was kept alive only by the importance's protection (or by
+            torch-pruning's own refusal to empty it), so the ranking wanted it gone.
+        ok: ``True`` when the request was met and no layer collapsed.
+    """
+
+    collapsed: tuple[str, ...]
+
+    def __new__(cls, shortfall: int, collapsed: Sequence[str] = ()) -> "PruneCheck":
+        obj = super().__new__(cls, shortfall)
+        obj.collapsed = tuple(collapsed)
+        return obj
+
+    @property
+    def shortfall(self) -> int:
+        return int(self)
+
+    @property
+    def ok(self) -> bool:
+        return int(self) <= 0 and not self.collapsed
+
+    def __repr__(self) -> str:
+        return f"PruneCheck(shortfall={int(self)}, collapsed={list(self.collapsed)})"
+
+    def __reduce__(self):
+        return (PruneCheck, (int(self), self.collapsed))
+
+
+def check_pruned(pruner: tp.pruner.BasePruner, *, warn: bool = True) -> PruneCheck:
+    """What a global torch-pruning pruner did that its request did not say: channels kept
+    beyond the request, and layers collapsed to a single channel.
+
+    Call this after ``pruner.step()``. torch-pruning skips a group without a word when its
+    removal would empty a layer (see the module documentation); with ``round_to`` it also
+    rounds each group's remaining channels *down* to a multiple of ``round_to``, so a group
+    whose protected channels are fewer than ``round_to`` rounds to zero and is skipped whole.
+    And a step can remove all but the protected channels of a layer: the model runs, but
+    every path goes through that one channel (layer collapse, what SynFlow's iterative
+    schedule exists to avoid). This compares the channels left in the prunable groups with
+    ``pruning_ratio`` of the current step, and looks at every prunable layer's width.
 
     Args:
         pruner: a ``tp.pruner.BasePruner`` (e.g. ``MetaPruner``) built with
             ``global_pruning=True`` and one ``pruning_ratio``.
-        warn: emit a ``UserWarning`` naming the causes and the fixes when the request
-            was not met.
+        warn: emit a ``UserWarning`` naming the causes and the fixes when the request was
+            not met, and a :class:`~synflow_plugin.collapse.LayerCollapseWarning` naming
+            each collapsed layer.
 
     Returns:
-        ``remaining - requested`` channels: ``0`` when exactly the requested channels
-        were removed, positive when groups were skipped, negative when ties at the
-        threshold removed a few more.
+        A :class:`PruneCheck`: the int ``remaining - requested`` channels (``0`` when
+        exactly the requested channels were removed, positive when groups were skipped,
+        negative when ties at the threshold or ``round_to`` removed a few more), with
+        ``.collapsed`` (the collapsed layers) and ``.ok``. A collapse can hide behind
+        ``0``: the protected channels were counted as kept, as they were.
 
     Raises:
         PruningTypeError: ``pruner`` is not a torch-pruning pruner.
@@ -702,20 +790,63 @@ def check_pruned(pruner: tp.pruner.BasePruner, *, warn: bool = True) -> int:
     ratio = pruner.per_step_pruning_ratio[step]
     requested = int(pruner.initial_total_channels * (1 - ratio))
     channel_groups = getattr(pruner, "_get_channel_groups", lambda group: 1)
-    remaining = sum(
-        pruner.DG.get_out_channels(group[0].dep.target.module) // channel_groups(group)
-        for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                              root_module_types=pruner.root_module_types)
-    )
+    importance = getattr(pruner, "importance", None)
+    protected = importance.min_channels if isinstance(importance, PaIImportance) else 0
+    floor = max(1, protected)
+    round_to = getattr(pruner, "round_to", None) or 0
+    names = getattr(pruner.DG, "_module2name", {})
+    initial = getattr(pruner, "layer_init_out_ch", {})
+
+    remaining, collapsed = 0, []
+    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                          root_module_types=pruner.root_module_types):
+        module = group[0].dep.target.module
+        ch_groups = max(1, channel_groups(group))
+        now = pruner.DG.get_out_channels(module)
+        if now is None:
+            continue
+        remaining += now // ch_groups
+        before = initial.get(module)
+        # per channel group: a GroupNorm/grouped layer keeps `floor` channels in each group
+        if before is not None and now // ch_groups <= floor < before // ch_groups:
+            name = names.get(module, type(module).__name__)
+            collapsed.append(f"'{name}' ({type(module).__name__}): {now} of {before} channels")
     shortfall = remaining - requested
-    if shortfall > 0 and warn:
+
+    if warn and shortfall > 0:
+        if round_to > 1 and protected < round_to:
+            cause = (
+                f"round_to={round_to} rounds the channels each group keeps down to a multiple of {round_to}, "
+                f"so a group left with fewer than {round_to} (here: its {protected} protected channel(s), "
+                f"min_channels={protected}) rounds to 0 and torch-pruning skips it whole. Pass "
+                f"min_channels={round_to} (a multiple of round_to) to the importance, e.g. "
+                f"{type(importance).__name__ if isinstance(importance, PaIImportance) else 'SynFlowImportance'}"
+                f"(min_channels={round_to}), so the protection survives the rounding."
+            )
+        else:
+            cause = (
+                "it skipped every group whose channels all fell below the global threshold. Use an "
+                "importance that protects a few channels per group (the importances of "
+                "synflow_plugin.torch_pruning do, min_channels=1), and ask for no more than the groups "
+                "can give while keeping them (a lower pruning_ratio or max_pruning_ratio, or more "
+                "iterative_steps)."
+            )
         warnings.warn(
             f"torch-pruning kept {remaining} channels where pruning_ratio={ratio:.3g} asks for "
-            f"{requested} (step {step} of {pruner.iterative_steps}): it skipped every group whose "
-            "channels all fell below the global threshold. Use an importance that protects a few "
-            "channels per group (the importances of synflow_plugin.torch_pruning do, min_channels=1), "
-            "and ask for no more than the groups can give while keeping them (a lower pruning_ratio "
-            "or max_pruning_ratio, or more iterative_steps).",
+            f"{requested} (step {step} of {pruner.iterative_steps}): {cause}",
             stacklevel=2,
         )
-    return shortfall
+    if warn and collapsed:
+        keeper = (f"only the importance's protection (min_channels={protected}) kept"
+                  if protected else "torch-pruning's refusal to empty a layer kept")
+        warnings.warn(
+            f"layer collapse after step {step} of {pruner.iterative_steps} (pruning_ratio={ratio:.3g}): "
+            f"{'; '.join(collapsed)}. The global ranking wanted these layers gone; {keeper} them alive, "
+            "and every path through each now runs through those few channels. Prune in more "
+            "iterative_steps (SynFlow's paper uses 100 rounds), lower pruning_ratio or set "
+            "max_pruning_ratio, use a normalizer (e.g. normalizer='mean'), or leave the layer out "
+            "with ignored_layers.",
+            LayerCollapseWarning,
+            stacklevel=2,
+        )
+    return PruneCheck(shortfall, collapsed)

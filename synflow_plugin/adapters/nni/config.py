@@ -273,8 +273,10 @@ def merge_aliases(model: nn.Module, config_list: list[dict], existed_wrappers: M
 
 
 def check_config_list(model: nn.Module, config_list: Any, caller: str) -> None:
-    """Reject what NNI would silently ignore or fail on obscurely: unknown keys, configs
-    that select no module, modules NNI has no pruning setting for."""
+    """Reject, before NNI wraps anything, what NNI would silently ignore or fail on
+    obscurely: unknown keys, configs that select no module, modules NNI has no pruning
+    setting for, output-channel granularity on a transposed convolution, and dependency
+    groups of element-wise tensors that cannot share a mask."""
     if not isinstance(config_list, (list, tuple)) or not config_list:
         raise PruningTypeError(
             f"{caller}: config_list should be a non-empty list of dicts, e.g. "
@@ -284,6 +286,7 @@ def check_config_list(model: nn.Module, config_list: Any, caller: str) -> None:
     for i, config in enumerate(config_list):
         if not isinstance(config, dict):
             raise PruningTypeError(f"{caller}: config_list[{i}] should be a dict, got {type(config).__name__}")
+    last_config: dict[str, tuple[int, Mapping[str, Any], nn.Module]] = {}  # a later config overrides, as in NNI
     for i, config in enumerate(trans_legacy_config_list(copy.deepcopy(list(config_list)))):
         unknown = sorted(set(config) - set(CONFIG_KEYS))
         if unknown:
@@ -337,3 +340,66 @@ def check_config_list(model: nn.Module, config_list: Any, caller: str) -> None:
                 f"layers of the types {', '.join(sorted(PruningSetting.registry))}, e.g. op_types=['Conv2d', "
                 "'Linear']."
             )
+        granularity = _weight_setting(config, "granularity")
+        transposed = sorted(f"'{name}'" for name, m in selected.items() if isinstance(m, _CONV_TRANSPOSE))
+        if transposed and asks and granularity not in (None, "default"):
+            raise PruningError(
+                f"{caller}: config_list[{i}] selects the transposed convolution(s) {', '.join(transposed)} with "
+                f"granularity={granularity!r}; NNI reads dim 0 of a weight as its output channels, but a "
+                "transposed convolution stores (in_channels, out_channels / groups, *kernel), so NNI would "
+                "mask input channels and misalign the bias. Prune it element-wise (drop granularity), or "
+                "exclude it from this config (exclude_op_types=['ConvTranspose2d'])."
+            )
+        for name, module in selected.items():
+            last_config[name] = (i, config, module)
+    _check_dependency_groups(last_config, caller)
+
+
+_CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _weight_setting(config: Mapping[str, Any], key: str) -> Any:
+    """The ``key`` setting a config gives its modules' weights: ``target_settings['weight']``
+    overrides the config's own value, as in NNI."""
+    weight = (config.get("target_settings") or {}).get("weight")
+    if isinstance(weight, dict) and key in weight:
+        return weight[key]
+    return config.get(key)
+
+
+def _check_dependency_groups(last_config: Mapping[str, tuple[int, Mapping[str, Any], nn.Module]],
+                             caller: str) -> None:
+    """Refuse, before NNI wraps anything, a dependency group whose weights cannot share
+    one mask because some of them are ranked element-wise.
+
+    ``nni.compression.utils.auto_set_denpendency_group_ids`` ties layers of different
+    shapes (a residual net's convolutions that feed one sum), to share an output-channel
+    mask. NNI's L1NormPruner ranks output channels by default, these pruners rank single
+    weights (as LevelPruner): a config written for L1NormPruner needs
+    ``"granularity": "out_channel"`` here.
+    """
+    groups: dict[Any, list[tuple[str, int, Any, int]]] = {}
+    for name, (index, config, module) in last_config.items():
+        group_id = _weight_setting(config, "dependency_group_id")
+        weight = getattr(module, "weight", None)
+        if group_id is None or not isinstance(weight, torch.Tensor) or weight.dim() == 0:
+            continue
+        granularity = _weight_setting(config, "granularity")
+        units = weight.shape[0] if granularity == "out_channel" else weight.numel()
+        groups.setdefault(group_id, []).append((name, index, granularity, units))
+    for group_id, members in groups.items():
+        element_wise = [m for m in members if m[2] in (None, "default")]
+        if not element_wise or len({m[3] for m in members}) == 1:
+            continue  # equal units share a mask; out_channel mismatches are build_plan's to report
+        name, index, _, units = element_wise[0]
+        other = next(m for m in members if m[3] != units)
+        configs = sorted({m[1] for m in element_wise})
+        shown = ", ".join(f"config_list[{k}]" for k in configs[:4]) + (", ..." if len(configs) > 4 else "")
+        raise PruningError(
+            f"{caller}: config_list[{index}] ('{name}.weight', {units} units) and config_list[{other[1]}] "
+            f"('{other[0]}.weight', {other[3]} units) share dependency_group_id={group_id!r}, but {shown} "
+            "set no granularity, so they are ranked element-wise (these pruners' default, as NNI's "
+            "LevelPruner; NNI's L1NormPruner defaults to output channels), and a dependency group shares "
+            "one mask. Add \"granularity\": \"out_channel\" to those configs (or to the config_list you "
+            "passed to auto_set_denpendency_group_ids) to share one output-channel mask."
+        )

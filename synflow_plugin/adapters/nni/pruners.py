@@ -16,11 +16,25 @@ from schema import SchemaError
 
 from synflow_plugin.adapters.nni.config import build_plan, check_config_list, merge_aliases
 from synflow_plugin.adapters.nni.evaluator import collect_batches, plain_copy
-from synflow_plugin.adapters.nni.speedup import _check_mask_format
+from synflow_plugin.adapters.nni.speedup import _CONV_TRANSPOSE, _check_mask_format, _live_output_channels
 from synflow_plugin.criteria import get_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.masking import run_plan
 from synflow_plugin.session import ScoringRequest, ScoringSession
+
+#: NNI's default ``align`` of a bias: follow dim 0 of the module's weight.
+_NNI_BIAS_ALIGN = {"module_name": None, "target_name": "weight", "dims": [0]}
+
+#: Arguments of NNI's own (training-aware) pruners, and why these pruners take none of them.
+_NNI_ONLY_ARGUMENTS = {
+    "training_steps": "TaylorPruner's / SlimPruner's number of training steps",
+    "regular_scale": "SlimPruner's / MovementPruner's sparsity regulariser, applied while training",
+    "warmup_step": "MovementPruner's fine-tuning schedule",
+    "cooldown_begin_step": "MovementPruner's fine-tuning schedule",
+    "interval_steps": "the step interval of NNI's scheduled pruners (AGPPruner, LinearPruner)",
+    "total_times": "the number of mask updates of NNI's scheduled pruners (AGPPruner, LinearPruner)",
+    "mode": "NNI 2.x's L1NormPruner(mode='dependency_aware')",
+}
 
 __all__ = [
     "PaIPruner",
@@ -59,6 +73,14 @@ class PaIPruner(Pruner):
     """
 
     criterion: ClassVar[str]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "PaIPruner":
+        # Checked here, before the subclasses' own signatures turn a swapped-in NNI
+        # argument into a bare TypeError that does not say what to pass instead.
+        foreign = [key for key in kwargs if key in _NNI_ONLY_ARGUMENTS]
+        if foreign:
+            raise PruningError(_nni_argument_message(cls, foreign[0], kwargs[foreign[0]]))
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -128,6 +150,27 @@ class PaIPruner(Pruner):
             self.unwrap_model()  # leave the model as it came
             raise
 
+    # ---- NNI's scheduled pruners
+    @property
+    def interval_steps(self) -> int:
+        """Not available: raises :class:`PruningError`. NNI's scheduled pruners
+        (``AGPPruner``, ``LinearPruner``) read it from the pruner they drive; these
+        pruners prune once, at initialisation, and take no schedule over training."""
+        raise PruningError(_scheduled_message(type(self).__name__))
+
+    @interval_steps.setter
+    def interval_steps(self, value: int) -> None:
+        raise PruningError(_scheduled_message(type(self).__name__))
+
+    @property
+    def total_times(self) -> int:
+        """Not available: raises :class:`PruningError` (see :attr:`interval_steps`)."""
+        raise PruningError(_scheduled_message(type(self).__name__))
+
+    @total_times.setter
+    def total_times(self, value: int) -> None:
+        raise PruningError(_scheduled_message(type(self).__name__))
+
     # ---- NNI hooks
     def _validate_config(self) -> None:
         try:
@@ -184,9 +227,21 @@ class PaIPruner(Pruner):
                         and (space.align["module_name"] or module_name) in masks
                         and space.align["target_name"] in masks[space.align["module_name"] or module_name]):
                     aligned.setdefault(module_name, {})[target_name] = space
+        transposed = {}
+        for module_name, spaces in aligned.items():
+            for target_name, space in list(spaces.items()):
+                module = space._wrapper.module
+                if isinstance(module, _CONV_TRANSPOSE) and space.align == _NNI_BIAS_ALIGN:
+                    # NNI aligns a bias with dim 0 of the weight, which for a transposed
+                    # convolution holds its input channels: follow the output channels.
+                    live = _live_output_channels(module, masks[module_name]["weight"])
+                    transposed.setdefault(module_name, {})[target_name] = live.to(space.target.dtype)
+                    del spaces[target_name]
         for module_name, module_masks in _expand_masks(_generate_align_sparsity(masks, aligned), aligned).items():
             for target_name, mask in module_masks.items():
                 masks.setdefault(module_name, {})[target_name] = mask
+        for module_name, module_masks in transposed.items():
+            masks.setdefault(module_name, {}).update(module_masks)
         return masks
 
     def _single_compress(self, max_steps: int | None, max_epochs: int | None) -> None:
@@ -297,6 +352,49 @@ class PaIPruner(Pruner):
         if not self._tensors:
             return []
         return run_plan(self._session(data), self._plan)
+
+
+def _scheduled_message(caller: str) -> str:
+    return (
+        f"{caller} cannot be driven by NNI's scheduled pruners (AGPPruner, LinearPruner): they raise the "
+        "sparsity step by step while the model trains and re-run the bound pruner's criterion on the "
+        f"trained weights, but {caller} prunes at initialisation, before any training, and already "
+        "reaches its sparsity in rounds of its own (iterations=). Prune first with "
+        f"{caller}(model, config_list, ...).compress(), then train the masked model (the wrapped model "
+        "keeps the masks in its forward); for a schedule during training, bind NNI's own LevelPruner, "
+        "L1NormPruner or TaylorPruner to AGPPruner."
+    )
+
+
+def _nni_argument_message(cls: type, key: str, value: Any) -> str:
+    caller = cls.__name__
+    criterion = getattr(cls, "criterion", None)
+    needs_data = isinstance(criterion, str) and get_criterion(criterion).needs_data
+    what = _NNI_ONLY_ARGUMENTS[key]
+    if key == "training_steps" and needs_data:
+        return (
+            f"{caller}: training_steps={value!r} is {what}; {caller} does not train: it reads its "
+            f"batches from the evaluator's training_step. Use num_batches={value!r} (the 4th positional "
+            "argument, where TaylorPruner takes training_steps)."
+        )
+    if key == "training_steps":
+        return (
+            f"{caller}: training_steps={value!r} is {what}; {caller} is data-free and reads no batches: "
+            "drop training_steps (or, to score with data, use SNIPPruner(..., num_batches=...))."
+        )
+    if key in ("interval_steps", "total_times"):
+        return f"{caller}: {key}={value!r} is {what}. " + _scheduled_message(caller)
+    if key == "mode":
+        return (
+            f"{caller}: mode={value!r} is {what}, gone in NNI 3.0. To prune coupled channels together, "
+            "give the config_list dependency groups: config_list = nni.compression.utils."
+            "auto_set_denpendency_group_ids(model, config_list, dummy_input), with "
+            "\"granularity\": \"out_channel\" in the configs."
+        )
+    return (
+        f"{caller}: {key}={value!r} is {what}; {caller} prunes at initialisation and trains nothing: drop "
+        "it (the pruning rounds are set with iterations= and schedule=)."
+    )
 
 
 class RandomPruner(PaIPruner):

@@ -38,11 +38,28 @@ _ZERO_PRESERVING = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.MaxPool1d, 
                     nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Identity)
 
 
-def _dead_channels(module_masks: Mapping[str, torch.Tensor | None]) -> torch.Tensor | None:
+_CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _live_output_channels(module: nn.Module, weight_mask: torch.Tensor) -> torch.Tensor:
+    """Per output channel of ``module``, whether ``weight_mask`` keeps any of its weights.
+
+    A convolution's (and a Linear's) output channels are dim 0 of its weight; a
+    transposed convolution stores its weight as ``(in, out / groups, *kernel)``, so its
+    output channel ``g * (out / groups) + j`` is column ``j`` of the rows of group ``g``.
+    """
+    if isinstance(module, _CONV_TRANSPOSE):
+        groups = module.groups
+        per_group = weight_mask.reshape(groups, weight_mask.shape[0] // groups, weight_mask.shape[1], -1)
+        return (per_group != 0).any(dim=3).any(dim=1).reshape(-1)
+    return (weight_mask.reshape(weight_mask.shape[0], -1) != 0).any(dim=1)
+
+
+def _dead_channels(module: nn.Module, module_masks: Mapping[str, torch.Tensor | None]) -> torch.Tensor | None:
     weight = module_masks.get("weight")
     if weight is None or weight.dim() < 2:
         return None
-    dead = weight.reshape(weight.shape[0], -1).sum(dim=1) == 0
+    dead = ~_live_output_channels(module, weight)
     return dead if dead.any() else None
 
 
@@ -98,7 +115,7 @@ def complete_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tens
     for node in graph.graph.nodes:
         if node.op != "call_module" or node.target not in masks or node.target in outputs:
             continue
-        dead = _dead_channels(masks[node.target])
+        dead = _dead_channels(modules[node.target], masks[node.target])
         if dead is None:
             continue
         frontier, seen = list(node.users), set()
@@ -184,7 +201,8 @@ def speedup_model(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tenso
         ``model``, with the masked channels removed.
 
     Raises:
-        PruningError: the model is still wrapped or cannot be traced by ``torch.fx``.
+        PruningError: the model is still wrapped, cannot be traced by ``torch.fx``, or the masks
+            cover a transposed convolution (NNI cannot shrink it).
     """
     with warnings.catch_warnings():  # NNI registers torch pytree nodes with a deprecated call
         warnings.filterwarnings("ignore", message=".*pytree.*")
@@ -193,6 +211,16 @@ def speedup_model(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tenso
     caller = "speedup_model()"
     _check_unwrapped(model, caller)
     _check_mask_names(model, masks, caller)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    transposed = [name for name in masks if isinstance(modules.get(name), _CONV_TRANSPOSE)]
+    if transposed:
+        # NNI's speedup reads dim 0 of every weight as its output channels, which for a
+        # transposed convolution are its input channels.
+        raise PruningError(
+            f"{caller}: masks cover transposed convolution(s) {', '.join(repr(n) for n in transposed[:3])}, "
+            "which NNI's speedup cannot shrink; use synflow_plugin.export.compact_channels("
+            "apply_masks(model, masks), dummy_input) instead, or keep the masks (export.make_permanent)."
+        )
     # as NNI reads dummy_input: a tensor, or a list/tuple/dict of the positional arguments
     inputs = (tuple(dummy_input.values()) if isinstance(dummy_input, dict) else tuple(dummy_input)
               if isinstance(dummy_input, (list, tuple)) else (dummy_input,))
@@ -213,7 +241,7 @@ def speedup_model(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tenso
     full = complete_masks(model, {n: m for n, m in masks.items() if n not in outputs}, graph=graph)
     rows = {}
     for name in outputs:  # their fully masked rows are zeroed after the speedup
-        dead = _dead_channels(masks[name])
+        dead = _dead_channels(modules[name], masks[name])
         rows[name] = dead
         if dead is None:
             full[name] = dict(masks[name])
