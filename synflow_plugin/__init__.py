@@ -35,7 +35,7 @@ from synflow_plugin.adapters.torch_prune import (
 from synflow_plugin.criteria import CRITERIA, Criterion, get_criterion, list_criteria, register_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.masking import ZeroFlowWarning, compute_masks, compute_scores
-from synflow_plugin.targets import clone_model, prunable_parameters
+from synflow_plugin.targets import clone_model, embeddings_as_inputs, prunable_parameters
 
 __all__ = [
     # torch.nn.utils.prune methods
@@ -61,6 +61,7 @@ __all__ = [
     "compute_scores",
     "prunable_parameters",
     "clone_model",
+    "embeddings_as_inputs",
     "Criterion",
     "CRITERIA",
     "get_criterion",

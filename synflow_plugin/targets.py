@@ -28,9 +28,10 @@ __all__ = [
     "prunable_parameters",
     "resolve_targets",
     "current_mask",
-    # copies
+    # copies and views
     "clone_model",
     "scoring_copy",
+    "embeddings_as_inputs",
 ]
 
 #: Module types whose ``weight`` is pruned by default (the paper prunes every
@@ -297,3 +298,55 @@ def scoring_copy(model: nn.Module) -> nn.Module:
                     name, nn.Parameter(orig * mask.to(orig.dtype), orig.requires_grad)
                 )
     return clone
+
+
+def embeddings_as_inputs(model: nn.Module, *names: str) -> nn.Module:
+    """A view of ``model`` that takes float embeddings where it took token ids.
+
+    SynFlow (and any criterion that runs the model on ``example_inputs``) needs a
+    floating-point input: it feeds ones, which mean nothing as token ids. This view
+    shares every module and parameter with ``model`` but replaces the embedding
+    modules ``names`` (qualified names, e.g. ``"embed"``) by ``nn.Identity``, so the
+    model's own ``forward`` runs on ``(batch, time, dim)`` embeddings. Prune with the
+    view as ``model=``; the masks land on the shared layers, i.e. on ``model`` itself.
+
+    Raises:
+        PruningError: a name that is not an ``nn.Embedding`` / ``nn.EmbeddingBag`` of ``model``.
+
+    >>> class LM(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.embed, self.out = nn.Embedding(10, 4), nn.Linear(4, 10)
+    ...     def forward(self, tokens):
+    ...         return self.out(self.embed(tokens))
+    >>> lm = LM()
+    >>> view = embeddings_as_inputs(lm, "embed")
+    >>> view(torch.ones(2, 3, 4)).shape, view.out is lm.out
+    (torch.Size([2, 3, 10]), True)
+    """
+    if not isinstance(model, nn.Module):
+        raise PruningTypeError(f"embeddings_as_inputs(): model should be a torch.nn.Module, got {type(model).__name__}")
+    if not names:
+        found = [n for n, m in model.named_modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+        raise PruningError(
+            f"embeddings_as_inputs(): name the embedding modules to bypass; the model's are: {', '.join(found) or 'none'}"
+        )
+    modules = dict(model.named_modules())
+    for name in names:
+        if not isinstance(modules.get(name), (nn.Embedding, nn.EmbeddingBag)):
+            raise PruningError(
+                f"embeddings_as_inputs(): {name!r} is not an nn.Embedding of the model "
+                f"({type(modules[name]).__name__ if name in modules else 'no such module'})"
+            )
+    view = copy.copy(model)  # a shallow copy: the same submodules and parameters
+    view._modules = dict(model._modules)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = view
+        for part in parent_name.split(".") if parent_name else []:
+            shared = parent._modules[part]
+            parent._modules[part] = copy.copy(shared)  # a shallow copy of the path, not of the layers
+            parent._modules[part]._modules = dict(shared._modules)
+            parent = parent._modules[part]
+        parent._modules[child] = nn.Identity()
+    return view

@@ -159,3 +159,37 @@ def test_the_readme_transformers_and_rnns_example_runs():
     total = sum(getattr(m, n).numel() for m, n in params)
     assert sum(int(getattr(m, f"{n}_mask").sum()) for m, n in params) == total - round(0.9 * total)
     assert namespace["gpt2"].transformer.h[0].attn.c_attn.weight_mask.float().mean() < 0.5
+
+
+class TokenLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.lstm = nn.LSTM(16, 24, batch_first=True)
+        self.out = nn.Linear(24, 50)
+
+    def forward(self, tokens):
+        return self.out(self.lstm(self.embed(tokens))[0])
+
+
+def test_synflow_prunes_a_token_model_through_its_embeddings_view():
+    from synflow_plugin import embeddings_as_inputs
+
+    torch.manual_seed(0)
+    lm = TokenLM()
+    tokens = torch.randint(0, 50, (2, 7))
+    with pytest.raises(PruningError, match="integer inputs such as token ids"):
+        prune.global_unstructured(prunable_parameters(lm), pruning_method=SynFlow, amount=0.5, model=lm,
+                                  example_inputs=tokens)
+    view = embeddings_as_inputs(lm, "embed")
+    assert view.lstm is lm.lstm and isinstance(view.embed, nn.Identity) and isinstance(lm.embed, nn.Embedding)
+    params = prunable_parameters(lm)
+    prune.global_unstructured(params, pruning_method=SynFlow, amount=0.8, model=view,
+                              example_inputs=torch.randn(1, 7, 16), iterations=10)
+    total = sum(getattr(m, n).numel() for m, n in params)
+    assert sum(int(getattr(m, f"{n}_mask").sum()) for m, n in params) == total - round(0.8 * total)
+    assert lm(tokens).shape == (2, 7, 50)  # the model itself is pruned and takes tokens as before
+    with pytest.raises(PruningError, match="'lstm' is not an nn.Embedding"):
+        embeddings_as_inputs(lm, "lstm")
+    with pytest.raises(PruningError, match="the model's are: embed"):
+        embeddings_as_inputs(lm)

@@ -733,3 +733,133 @@ def test_out_channel_masks_on_a_residual_net_compact_to_a_smaller_model():
     # Inside each block the first conv is free of the shortcut: exactly half its channels go.
     first = small.stages[0][0].conv1
     assert first.out_channels == masked.stages[0][0].conv1.out_channels // 2
+
+
+# --------------------------------------------------------------------------- NNI's own workflows
+def transposed_net(groups=1):
+    """A Conv2d, then a transposed convolution whose output channel 3 has the smallest weights."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.ConvTranspose2d(4, 4, 1, groups=groups))
+    with torch.no_grad():
+        weight = model[2].weight  # (in, out / groups, 1, 1)
+        weight.copy_(torch.arange(1.0, weight.numel() + 1).reshape(weight.shape))
+        if groups == 1:
+            weight[:, 3] = 0.01  # output channel 3: column 3 of every row
+        else:
+            weight[2:, 1] = 0.01  # groups=2: output channel 3 is column 1 of the rows of group 1
+    return model
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_a_transposed_convolution_prunes_element_wise_and_its_bias_follows_its_output_channels(groups):
+    # NNI aligns a bias with dim 0 of the weight, the input channels of a transposed
+    # convolution: its own LevelPruner fails with a shape mismatch where in != out.
+    model = transposed_net(groups)
+    config = [{"op_types": ["ConvTranspose2d"], "sparse_ratio": 0.25}]
+    pruner = MagnitudePruner(model, config)
+    _, masks = pruner.compress()
+    weight = masks["2"]["weight"]
+    assert pruned(weight) == weight.numel() // 4
+    assert torch.equal(masks["2"]["bias"], torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    smallest = weight[:, 3] if groups == 1 else weight[2:, 1]
+    assert (smallest == 0).all()
+    pruner.unwrap_model()
+    full = complete_masks(model, masks)
+    assert set(full) == {"2"}  # no BatchNorm to follow; the dim-0 rows are not mistaken for channels
+
+
+def test_out_channel_granularity_on_a_transposed_convolution_is_refused_before_wrapping():
+    model = transposed_net()
+    for config in ([{"op_types": ["ConvTranspose2d"], "sparse_ratio": 0.5, "granularity": "out_channel"}],
+                   [{"op_names": ["2"], "target_settings": {"weight": {"sparse_ratio": 0.5,
+                                                                      "granularity": "out_channel"}}}]):
+        with pytest.raises(PruningError, match=r"transposed convolution.*'2'.*element-wise"):
+            MagnitudePruner(model, config)
+        assert not wrapped(model)
+    # the other layers of the same model still take out_channel
+    _, masks = MagnitudePruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5,
+                                        "granularity": "out_channel"}]).compress()
+    assert int((masks["0"]["weight"].reshape(4, -1).sum(dim=1) == 0).sum()) == 2
+
+
+def test_speedup_refuses_masks_of_a_transposed_convolution():
+    model = transposed_net()
+    pruner = MagnitudePruner(model, [{"op_types": ["ConvTranspose2d"], "sparse_ratio": 0.25}])
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    with pytest.raises(PruningError, match="compact_channels"):
+        speedup_model(model, masks, torch.randn(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("scheduler", ["AGPPruner", "LinearPruner"])
+def test_nni_scheduled_pruners_refuse_ours_and_say_what_to_do(scheduler):
+    import nni.compression.pruning as nni_pruning
+
+    model = small_vgg()
+    pruner = SynFlowPruner(model, GLOBAL, dummy_input=X, iterations=2)
+    evaluator = evaluator_for(model, batches(2))[0]
+    with pytest.raises(PruningError, match=r"AGPPruner, LinearPruner.*prunes at initialisation.*then train"):
+        getattr(nni_pruning, scheduler)(pruner, interval_steps=1, total_times=2, evaluator=evaluator)
+    assert wrapped(model)  # NNI stopped before unwrapping our pruner: it still works
+    _, masks = pruner.compress()
+    total = sum(m["weight"].numel() for m in masks.values())
+    assert sum(pruned(m["weight"]) for m in masks.values()) == round(0.9 * total)
+    with pytest.raises(PruningError, match="scheduled pruners"):
+        pruner.interval_steps = 5  # what the scheduler does next, were the check skipped (python -O)
+
+
+@pytest.mark.parametrize("pruner_cls", [SNIPPruner, GraSPPruner, IterSNIPPruner, FORCEPruner])
+def test_taylor_pruner_training_steps_points_to_num_batches(pruner_cls):
+    model = small_vgg()
+    evaluator = evaluator_for(model, batches(2))[0]
+    with pytest.raises(PruningError, match=r"training_steps=2 .*Use num_batches=2"):
+        pruner_cls(model, GLOBAL, evaluator, training_steps=2)
+    with pytest.raises(PruningError, match="training_steps=2 .*Use num_batches=2"):
+        pruner_cls.from_compressor(MagnitudePruner(small_vgg(), GLOBAL), GLOBAL, training_steps=2,
+                                   evaluator=evaluator)
+    assert not wrapped(model)
+    # TaylorPruner's positional training_steps lands on num_batches
+    with pytest.warns(UserWarning, match="2 of num_batches=3"):
+        pruner_cls(model, GLOBAL, evaluator, 3).compress()
+
+
+@pytest.mark.parametrize("pruner_cls, kwargs, match", [
+    (SynFlowPruner, {"dummy_input": X, "training_steps": 2}, "data-free and reads no batches"),
+    (MagnitudePruner, {"regular_scale": 1.0}, "SlimPruner.*drop it"),
+    (RandomPruner, {"warmup_step": 1}, "MovementPruner"),
+    (MagnitudePruner, {"mode": "dependency_aware"}, r"auto_set_denpendency_group_ids.*\"out_channel\""),
+    (SNIPPruner, {"interval_steps": 1}, "AGPPruner"),
+])
+def test_other_nni_pruner_arguments_say_what_to_do(pruner_cls, kwargs, match):
+    model = small_vgg()
+    with pytest.raises(PruningError, match=match):
+        pruner_cls(model, GLOBAL, **kwargs)
+    assert not wrapped(model)
+
+
+def test_auto_dependency_groups_without_granularity_name_the_missing_out_channel():
+    # NNI's own example: auto_set_denpendency_group_ids on a conv config written for
+    # L1NormPruner, which ranks output channels by default. (The fx version, from
+    # nni.compression.speedup; nni.compression.utils' version needs tensorboard.)
+    from nni.compression.speedup import auto_set_denpendency_group_ids
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, width_multiplier=0.25)
+    graph = torch.fx.symbolic_trace(model)
+    config_list = auto_set_denpendency_group_ids(graph, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}])
+    with pytest.raises(PruningError, match=r"config_list\[\d+\].*dependency_group_id=.*\"granularity\": "
+                                           r"\"out_channel\""):
+        MagnitudePruner(model, config_list)
+    assert not wrapped(model)
+
+    config_list = auto_set_denpendency_group_ids(
+        graph, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "granularity": "out_channel"}])
+    groups = {}
+    for config in config_list:
+        groups.setdefault(config.get("dependency_group_id"), []).extend(config["op_names"])
+    coupled = next(names for gid, names in groups.items() if gid is not None and len(names) > 1)
+    _, masks = MagnitudePruner(model, config_list).compress()
+    dead = {name: masks[name]["weight"].flatten(1).sum(dim=1) == 0 for name in coupled}
+    first = dead[coupled[0]]
+    assert int(first.sum()) == first.numel() // 2
+    assert all(torch.equal(d, first) for d in dead.values()), "a dependency group shares one channel mask"
