@@ -737,31 +737,31 @@ def test_out_channel_masks_on_a_residual_net_compact_to_a_smaller_model():
 
 # --------------------------------------------------------------------------- NNI's own workflows
 def transposed_net(groups=1):
-    """A Conv2d, then a transposed convolution whose output channel 3 has the smallest weights."""
+    """A Conv2d, then a 4 -> 6 transposed convolution whose last output channel has the smallest weights."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.ConvTranspose2d(4, 4, 1, groups=groups))
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.ConvTranspose2d(4, 6, 1, groups=groups))
     with torch.no_grad():
         weight = model[2].weight  # (in, out / groups, 1, 1)
         weight.copy_(torch.arange(1.0, weight.numel() + 1).reshape(weight.shape))
         if groups == 1:
-            weight[:, 3] = 0.01  # output channel 3: column 3 of every row
+            weight[:, 5] = 0.01  # output channel 5: column 5 of every row
         else:
-            weight[2:, 1] = 0.01  # groups=2: output channel 3 is column 1 of the rows of group 1
+            weight[2:, 2] = 0.01  # groups=2: output channel 5 is column 2 of the rows of group 1
     return model
 
 
 @pytest.mark.parametrize("groups", [1, 2])
 def test_a_transposed_convolution_prunes_element_wise_and_its_bias_follows_its_output_channels(groups):
     # NNI aligns a bias with dim 0 of the weight, the input channels of a transposed
-    # convolution: its own LevelPruner fails with a shape mismatch where in != out.
+    # convolution: its own LevelPruner fails here with a shape mismatch (4 vs 6).
     model = transposed_net(groups)
-    config = [{"op_types": ["ConvTranspose2d"], "sparse_ratio": 0.25}]
+    config = [{"op_types": ["ConvTranspose2d"], "sparse_ratio": 1 / 6}]
     pruner = MagnitudePruner(model, config)
     _, masks = pruner.compress()
     weight = masks["2"]["weight"]
-    assert pruned(weight) == weight.numel() // 4
-    assert torch.equal(masks["2"]["bias"], torch.tensor([1.0, 1.0, 1.0, 0.0]))
-    smallest = weight[:, 3] if groups == 1 else weight[2:, 1]
+    assert pruned(weight) == weight.numel() // 6
+    assert torch.equal(masks["2"]["bias"], torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0]))
+    smallest = weight[:, 5] if groups == 1 else weight[2:, 2]
     assert (smallest == 0).all()
     pruner.unwrap_model()
     full = complete_masks(model, masks)
@@ -784,7 +784,7 @@ def test_out_channel_granularity_on_a_transposed_convolution_is_refused_before_w
 
 def test_speedup_refuses_masks_of_a_transposed_convolution():
     model = transposed_net()
-    pruner = MagnitudePruner(model, [{"op_types": ["ConvTranspose2d"], "sparse_ratio": 0.25}])
+    pruner = MagnitudePruner(model, [{"op_types": ["ConvTranspose2d"], "sparse_ratio": 1 / 6}])
     _, masks = pruner.compress()
     pruner.unwrap_model()
     with pytest.raises(PruningError, match="compact_channels"):

@@ -53,6 +53,49 @@ How a channel is scored
    ``min_channels`` each makes the threshold ``+inf``, and torch-pruning then removes
    nothing from any group. :func:`check_pruned` compares what a global pruner removed
    with what it was asked to remove, and warns with the fix when it falls short.
+5. **Collapse is reported.** Protection keeps a layer alive, not healthy: one global
+   step can rank a whole layer below the threshold (a plain 4-stage conv net at 60%
+   keeps 1 of its last stage's 512 channels), and the channel count then looks exactly
+   right. The importance never sees the threshold, and torch-pruning has no hook after
+   a step, so :func:`check_pruned` is where it shows: it names every layer left at the
+   ``max(1, min_channels)`` floor with a
+   :class:`~synflow_plugin.collapse.LayerCollapseWarning`, and returns them in
+   ``.collapsed``. Call it after every ``pruner.step()``; more ``iterative_steps``
+   (SynFlow's remedy), ``max_pruning_ratio`` or ``normalizer="mean"`` avoid the collapse.
+6. **round_to.** ``MetaPruner(..., round_to=r)`` rounds the channels a group *keeps*
+   down to a multiple of ``r``; a group whose only survivors are fewer than ``r``
+   protected channels rounds to zero and is skipped whole. Pass ``min_channels=r`` (a
+   multiple of ``r``) with ``round_to=r``; :func:`check_pruned` says so when it was not.
+   Channel groupings (GroupNorm, grouped convs) are averaged by torch-pruning before
+   ranking, so the protection holds in every channel group of such a layer.
+
+Attention and recurrent layers
+------------------------------
+``nn.MultiheadAttention`` needs its head count: the embedding dims must stay a
+multiple of ``num_heads``, which torch-pruning keeps only when told::
+
+    heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    pruner = tp.pruner.MetaPruner(model, x, importance=SynFlowImportance(example_inputs=x),
+                                  pruning_ratio=0.5, global_pruning=True, num_heads=heads)
+
+Without ``num_heads=`` the importance raises a :class:`~synflow_plugin.PruningError`
+naming the attention layer before anything is pruned (torch-pruning would otherwise
+fail half-way, with an AssertionError, after other layers were already cut). With it,
+head dims are removed in whole multiples of the head count (the heads stay, each gets
+narrower) and the feed-forward widths are pruned as usual; in local pruning
+torch-pruning 1.6 leaves the embedding dims of an attention group alone (its own
+importances too). ``prune_num_heads=True`` (removing whole heads) works in
+torch-pruning 1.6 only for attention written with ``nn.Linear`` q/k/v projections
+(timm, Hugging Face); with ``nn.MultiheadAttention`` it fails inside torch-pruning
+(``'MultiheadAttention' object has no attribute 'out_features'``), whatever the importance.
+
+Recurrent layers. torch-pruning 1.6 cannot remove the hidden units of ``nn.LSTM``
+(its pruner indexes past the stacked gate weights): the importance raises a
+:class:`~synflow_plugin.PruningError` naming the layer and ``ignored_layers=`` for that
+group, before anything changes; with the LSTM in ``ignored_layers`` its input channels
+are still pruned. ``nn.GRU`` has no pruner there at all, and building the pruner fails
+with an ``IndexError`` in torch-pruning's index mapping before any importance is
+asked; ``ignored_layers=[model.gru, <the layer feeding it>]`` avoids it.
 
 Where the model comes from. ``importance=SynFlowImportance()`` takes no model: every
 group that torch-pruning's ``DependencyGraph`` builds carries the graph
@@ -166,7 +209,8 @@ class PaIImportance(tp.importance.Importance):
         min_channels: the best ``min_channels`` channels of each group score
             ``+inf`` so that global pruning always keeps them and never skips a
             group (see the module documentation and :func:`check_pruned`); ``0`` for
-            torch-pruning's behaviour.
+            torch-pruning's behaviour. With the pruner's ``round_to=r``, use
+            ``min_channels=r``: fewer protected channels are rounded away.
         model: the network; only needed for groups not built by a
             ``tp.DependencyGraph`` (those carry their model).
         **options: the criterion's options, e.g. ``seed=0`` (Random),
@@ -842,7 +886,7 @@ def check_pruned(pruner: tp.pruner.BasePruner, *, warn: bool = True) -> PruneChe
         warnings.warn(
             f"layer collapse after step {step} of {pruner.iterative_steps} (pruning_ratio={ratio:.3g}): "
             f"{'; '.join(collapsed)}. The global ranking wanted these layers gone; {keeper} them alive, "
-            "and every path through each now runs through those few channels. Prune in more "
+            "and every path through each now runs through its remaining channel(s). Prune in more "
             "iterative_steps (SynFlow's paper uses 100 rounds), lower pruning_ratio or set "
             "max_pruning_ratio, use a normalizer (e.g. normalizer='mean'), or leave the layer out "
             "with ignored_layers.",
