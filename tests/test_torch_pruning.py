@@ -663,3 +663,33 @@ def test_gru_needs_the_layer_feeding_it_ignored_too():
     pruner.step()
     assert (model.pre.out_features, model.inp.out_features, model.rnn.hidden_size) == (4, 16, 12)
     assert model(x).shape == (1, 3)
+
+
+def groupnorm_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.GroupNorm(4, 32), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+def test_groupnorm_keeps_the_protection_per_channel_group_but_not_with_round_to():
+    from synflow_plugin.collapse import LayerCollapseWarning
+
+    x = torch.randn(1, 3, 8, 8)
+    model = groupnorm_net()
+    pruner = tp.pruner.MetaPruner(model, x, importance=SynFlowImportance(), pruning_ratio=0.7,
+                                  global_pruning=True, ignored_layers=[model[-1]])
+    pruner.step()
+    # one protected channel in each of the 4 GroupNorm groups: the layers stay valid
+    assert [model[0].out_channels, model[3].out_channels] == [4, 8] and model(x).shape == (1, 10)
+    with pytest.warns(LayerCollapseWarning, match=r"'0' \(Conv2d\): 4 of 16 channels"):
+        assert check_pruned(pruner) == 0
+
+    model = groupnorm_net()
+    pruner = tp.pruner.MetaPruner(model, x, importance=SynFlowImportance(min_channels=8), pruning_ratio=0.7,
+                                  global_pruning=True, ignored_layers=[model[-1]], round_to=8)
+    pruner.step()
+    assert [model[0].out_channels, model[3].out_channels] == [16, 32]  # everything skipped
+    with pytest.warns(UserWarning, match=r"round_to=8 and channel groups .*'0'.*Leave round_to out"):
+        # torch-pruning counts a GroupNorm layer per channel group: 16/4 + 32/4 = 12
+        assert check_pruned(pruner) == 12 - int(12 * 0.3)

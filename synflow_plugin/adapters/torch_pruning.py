@@ -67,7 +67,11 @@ How a channel is scored
    protected channels rounds to zero and is skipped whole. Pass ``min_channels=r`` (a
    multiple of ``r``) with ``round_to=r``; :func:`check_pruned` says so when it was not.
    Channel groupings (GroupNorm, grouped convs) are averaged by torch-pruning before
-   ranking, so the protection holds in every channel group of such a layer.
+   ranking, so without ``round_to`` the protection holds in every channel group of such
+   a layer. With ``round_to`` it does not: torch-pruning 1.6 rounds the layer's whole
+   width but removes that many channels from *each* channel group, so a GroupNorm layer
+   is usually emptied and skipped; :func:`check_pruned` names those layers, and the
+   fix is to leave ``round_to`` out for such networks.
 
 Attention and recurrent layers
 ------------------------------
@@ -841,7 +845,7 @@ def check_pruned(pruner: tp.pruner.BasePruner, *, warn: bool = True) -> PruneChe
     names = getattr(pruner.DG, "_module2name", {})
     initial = getattr(pruner, "layer_init_out_ch", {})
 
-    remaining, collapsed = 0, []
+    remaining, collapsed, grouped = 0, [], []
     for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                           root_module_types=pruner.root_module_types):
         module = group[0].dep.target.module
@@ -850,6 +854,8 @@ def check_pruned(pruner: tp.pruner.BasePruner, *, warn: bool = True) -> PruneChe
         if now is None:
             continue
         remaining += now // ch_groups
+        if ch_groups > 1:
+            grouped.append(f"'{names.get(module, type(module).__name__)}'")
         before = initial.get(module)
         # per channel group: a GroupNorm/grouped layer keeps `floor` channels in each group
         if before is not None and now // ch_groups <= floor < before // ch_groups:
@@ -858,7 +864,15 @@ def check_pruned(pruner: tp.pruner.BasePruner, *, warn: bool = True) -> PruneChe
     shortfall = remaining - requested
 
     if warn and shortfall > 0:
-        if round_to > 1 and protected < round_to:
+        if round_to > 1 and grouped:
+            cause = (
+                f"round_to={round_to} and channel groups (GroupNorm, grouped convs, num_heads) do not mix "
+                f"in torch-pruning 1.6: for the groups of {', '.join(grouped)} it rounds the whole layer's "
+                "width but then removes that many channels from every channel group, so a removal there "
+                "often takes the whole layer, which it then refuses and skips; no min_channels prevents "
+                "it. Leave round_to out, or put those layers in ignored_layers."
+            )
+        elif round_to > 1 and protected < round_to:
             cause = (
                 f"round_to={round_to} rounds the channels each group keeps down to a multiple of {round_to}, "
                 f"so a group left with fewer than {round_to} (here: its {protected} protected channel(s), "
