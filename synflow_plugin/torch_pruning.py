@@ -28,6 +28,7 @@ from synflow_plugin.adapters.torch_pruning import (
     MagnitudeImportance,
     NORMALIZERS,
     PaIImportance,
+    PruneCheck,
     RandomImportance,
     SNIPImportance,
     SynFlowImportance,

@@ -375,6 +375,9 @@ def test_dependency_group_shares_one_channel_mask_per_block():
 
 @pytest.mark.parametrize("config,match", [
     ([{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "granularity": "in_channel"}], "granularity='in_channel'"),
+    ([{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "granularity": "per_channel"}], "granularity='per_channel'"),
+    ([{"op_types": ["Conv2d"], "total_sparsity": 0.5}], "'sparse_ratio': 0.5, 'global_group_id': 0"),
+    ([{"op_names_re": ["features.[0"], "sparse_ratio": 0.5}], "not a regular expression"),
     ([{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "sparsity_ratio": 0.5}], "sparsity_ratio"),
     ([{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "internal_metric_block": 2}], "internal_metric_block"),
     ([{"op_types": ["Conv2d"], "sparse_threshold": 0.5, "global_group_id": 0}], "sparse_threshold"),
@@ -739,7 +742,8 @@ def test_out_channel_masks_on_a_residual_net_compact_to_a_smaller_model():
 def transposed_net(groups=1):
     """A Conv2d, then a 4 -> 6 transposed convolution whose last output channel has the smallest weights."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.ConvTranspose2d(4, 6, 1, groups=groups))
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.ConvTranspose2d(4, 6, 1, groups=groups),
+                          nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 2, 1))
     with torch.no_grad():
         weight = model[2].weight  # (in, out / groups, 1, 1)
         weight.copy_(torch.arange(1.0, weight.numel() + 1).reshape(weight.shape))
@@ -764,8 +768,9 @@ def test_a_transposed_convolution_prunes_element_wise_and_its_bias_follows_its_o
     smallest = weight[:, 5] if groups == 1 else weight[2:, 2]
     assert (smallest == 0).all()
     pruner.unwrap_model()
+    # the BatchNorm after it follows its output channels, not the rows of its weight
     full = complete_masks(model, masks)
-    assert set(full) == {"2"}  # no BatchNorm to follow; the dim-0 rows are not mistaken for channels
+    assert torch.equal(full["3"]["weight"], torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0]))
 
 
 def test_out_channel_granularity_on_a_transposed_convolution_is_refused_before_wrapping():
@@ -777,7 +782,7 @@ def test_out_channel_granularity_on_a_transposed_convolution_is_refused_before_w
             MagnitudePruner(model, config)
         assert not wrapped(model)
     # the other layers of the same model still take out_channel
-    _, masks = MagnitudePruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5,
+    _, masks = MagnitudePruner(model, [{"op_names": ["0"], "sparse_ratio": 0.5,
                                         "granularity": "out_channel"}]).compress()
     assert int((masks["0"]["weight"].reshape(4, -1).sum(dim=1) == 0).sum()) == 2
 
@@ -863,3 +868,18 @@ def test_auto_dependency_groups_without_granularity_name_the_missing_out_channel
     first = dead[coupled[0]]
     assert int(first.sum()) == first.numel() // 2
     assert all(torch.equal(d, first) for d in dead.values()), "a dependency group shares one channel mask"
+
+
+def test_synflow_through_nni_on_a_transposed_convolution_equals_torch_prune():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.ConvTranspose2d(4, 6, 3), nn.ReLU(), nn.Conv2d(6, 2, 1))
+    reference = copy.deepcopy(model)
+    x = torch.randn(1, 3, 8, 8)
+    config = [{"op_types": ["Conv2d", "ConvTranspose2d"], "sparse_ratio": 0.8, "global_group_id": 0}]
+    _, masks = SynFlowPruner(model, config, dummy_input=x, iterations=5).compress()
+    params = [(reference[i], "weight") for i in (0, 2, 4)]
+    prune.global_unstructured(params, pruning_method=SynFlow, amount=0.8, model=reference, example_inputs=x,
+                              iterations=5)
+    assert_same_masks({"nni": weight_masks(masks), "torch.prune": prune_masks(reference, params)}, "SynFlow")
+    live = (masks["2"]["weight"].sum(dim=(0, 2, 3)) > 0).float()  # (in, out, k, k): out is dim 1
+    assert torch.equal(masks["2"]["bias"], live)

@@ -157,6 +157,7 @@ __all__ = [
     "get_importance",
     # checks
     "check_pruned",
+    "PruneCheck",
     # option values
     "GROUP_REDUCTIONS",
     "NORMALIZERS",

@@ -62,6 +62,20 @@ Config keys, as NNI defines them:
   "out_channel"`` to keep channel masks. ``in_channel``, ``per_channel`` and block
   kernels are rejected.
 
+Transposed convolutions (``ConvTranspose1d/2d/3d``, weight ``(in, out / groups,
+*kernel)``) are pruned element-wise, and their bias follows their output channels
+(NNI aligns a bias with dim 0, their input channels, and fails or misaligns);
+``"granularity": "out_channel"`` on them is refused. A dependency group made by
+``auto_set_denpendency_group_ids`` from a config without ``granularity`` is refused
+with the fix (``"granularity": "out_channel"``) when its tensors differ in shape.
+
+NNI's scheduled pruners (``AGPPruner``, ``LinearPruner``) raise the sparsity step by
+step during training; these pruners prune once, at initialisation, so binding one
+to a scheduler raises :class:`~synflow_plugin.errors.PruningError` (prune, then
+train; or schedule NNI's own pruners). Arguments of NNI's training-aware pruners
+(``training_steps``: use ``num_batches``; ``regular_scale``, ``warmup_step``, ...)
+are refused with what to pass instead.
+
 Anything that cannot be honoured raises :class:`~synflow_plugin.errors.PruningError`
 naming the key, never a silent fallback.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -286,6 +287,23 @@ def check_config_list(model: nn.Module, config_list: Any, caller: str) -> None:
     for i, config in enumerate(config_list):
         if not isinstance(config, dict):
             raise PruningTypeError(f"{caller}: config_list[{i}] should be a dict, got {type(config).__name__}")
+    for i, config in enumerate(config_list):
+        if "total_sparsity" in config:
+            # NNI 3.0 translates it into a 'group_id' setting that its pruners do not define.
+            raise PruningError(
+                f"{caller}: config_list[{i}] uses NNI 2.x's total_sparsity={config['total_sparsity']!r}, which "
+                "NNI 3.0 translates into an undefined 'group_id'; write it as 'sparse_ratio': "
+                f"{config['total_sparsity']!r}, 'global_group_id': 0."
+            )
+        patterns = config.get("op_names_re")
+        for j, pattern in enumerate(patterns if isinstance(patterns, (list, tuple)) else []):
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as exc:
+                raise PruningError(
+                    f"{caller}: config_list[{i}]['op_names_re'][{j}]={pattern!r} is not a regular expression "
+                    f"({exc}); escape literal names with re.escape, or list them in op_names."
+                ) from None
     last_config: dict[str, tuple[int, Mapping[str, Any], nn.Module]] = {}  # a later config overrides, as in NNI
     for i, config in enumerate(trans_legacy_config_list(copy.deepcopy(list(config_list)))):
         unknown = sorted(set(config) - set(CONFIG_KEYS))
@@ -312,6 +330,17 @@ def check_config_list(model: nn.Module, config_list: Any, caller: str) -> None:
                 raise PruningError(
                     f"{caller}: config_list[{i}] names target {target_name!r}, for which NNI has no pruning "
                     f"setting; give one in target_settings={{{target_name!r}: {{'sparse_ratio': ...}}}}."
+                )
+        granularities = [("", config.get("granularity", "default"))] + [
+            (f"['target_settings'][{t!r}]", v.get("granularity", "default"))
+            for t, v in (config.get("target_settings") or {}).items() if isinstance(v, dict)]
+        for where, granularity in granularities:
+            if isinstance(granularity, str) and granularity not in ("default", "out_channel"):
+                # NNI asserts on 'per_channel' (module outputs only) deep in its wrapping
+                raise PruningError(
+                    f"{caller}: config_list[{i}]{where} has granularity={granularity!r}; the criteria rank "
+                    "single weights (no granularity, the default) or output channels ('out_channel'). For "
+                    "input channels use NNI's own pruners."
                 )
         if "sparse_ratio" in config and "sparse_threshold" in config:
             raise PruningError(f"{caller}: config_list[{i}] sets both sparse_ratio and sparse_threshold; keep one.")
