@@ -34,7 +34,8 @@ from synflow_plugin.adapters.torch_prune import (
 )
 from synflow_plugin.criteria import CRITERIA, Criterion, get_criterion, list_criteria, register_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
-from synflow_plugin.masking import ZeroFlowWarning, compute_masks, compute_scores
+from synflow_plugin.collapse import LayerCollapseWarning
+from synflow_plugin.masking import PrecisionWarning, ZeroFlowWarning, compute_masks, compute_scores
 from synflow_plugin.targets import clone_model, embeddings_as_inputs, prunable_parameters
 
 __all__ = [
@@ -71,5 +72,7 @@ __all__ = [
     "PruningError",
     "PruningTypeError",
     "ZeroFlowWarning",
+    "LayerCollapseWarning",
+    "PrecisionWarning",
     "__version__",
 ]

@@ -487,8 +487,12 @@ class _Loop:
         for group, count, floors, caps in bounded:
             free = {t: cap - floor for t, floor, cap in zip(group, floors, caps)}
             rest = count - sum(floors)
+            # Without floors the group's survivors are as the first pass ranked them: its
+            # counts are the first trial.
+            trial = first if not any(floors) else None
             while rest > 0 and free:
-                trial = self.alive.prune(groups=[list(free)], counts=[rest], dry_run=True, **arrays)
+                if trial is None:
+                    trial = self.alive.prune(groups=[list(free)], counts=[rest], dry_run=True, **arrays)
                 over = {t: room for t, room in free.items() if trial.would[t] > room}
                 if not over:
                     passes.append(self.alive.prune(groups=[list(free)], counts=[rest], **arrays))
@@ -496,6 +500,7 @@ class _Loop:
                 passes.append(self.alive.prune(groups=[[t] for t in over], counts=list(over.values()), **arrays))
                 rest -= sum(over.values())
                 free = {t: room for t, room in free.items() if t not in over}
+                trial = None
         merged = [None if all(p.pruned[t] is None for p in passes) else
                   np.sort(np.concatenate([p.pruned[t] for p in passes if p.pruned[t] is not None]))
                   for t in range(len(state.params))]
@@ -662,7 +667,7 @@ def _check_range(session: ScoringSession, alive: Survivors, scores: list[torch.T
     """Raise for infinite scores, warn (once per call) for scores too small to rank exactly,
     after the round was already scored in float64 (or could not be)."""
     state, criterion = session.state, session.criterion
-    names = [t.qualified_name for t, n in zip(state.targets, outside) if n]
+    names = [f"'{t.qualified_name}'" for t, n in zip(state.targets, outside) if n]
     for t, target in enumerate(state.targets):
         if not outside[t]:
             continue

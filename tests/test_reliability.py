@@ -266,3 +266,18 @@ def test_a_tied_weight_is_listed_once_and_pruned_once():
     prune.global_unstructured(params, pruning_method=SNIP, amount=0.5, model=model,
                               data=[(torch.randn(3, 4), torch.tensor([0, 1, 3]))])
     assert sum(int((m.weight_mask == 0).sum()) for m, _ in params) == round(0.5 * (24 + 36 + 24))
+
+
+def test_scores_near_float64s_smallest_normal_are_warned_about():
+    # A float64 net whose flow is ~1e-306: nothing wider to move to, so the ranking may
+    # be inexact there, and that is said (once per call), not hidden.
+    from synflow_plugin.masking import PrecisionWarning
+
+    model = plain_mlp(2, 2, torch.float64)
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64) * 1e-154)
+    with pytest.warns(PrecisionWarning, match=r"'0.weight'.*smallest normal torch.float64") as record:
+        masks = synflow_masks(model, 0.5, 2, 2)
+    assert sum(int(m.sum()) for m in masks) == 4
+    assert sum(issubclass(w.category, PrecisionWarning) for w in record) == 1

@@ -97,12 +97,8 @@ class SynFlowCriterion(Criterion):
         self.batchnorm = batchnorm
 
     def prepare(self, state: ScoringState) -> None:
+        # example_inputs is there: the request checks it for needs_example_inputs.
         example = state.inputs.example_inputs
-        if example is None:
-            raise PruningError(
-                "SynFlow needs example_inputs=<a tensor shaped like one input batch, e.g. "
-                "torch.randn(1, 3, 32, 32)>: only its shape is used, SynFlow feeds ones."
-            )
         empty = [describe(t) for t in _tensors(example) if t.numel() == 0]
         if empty:
             raise PruningError(
