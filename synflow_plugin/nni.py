@@ -34,22 +34,4 @@ from synflow_plugin.adapters.nni import (
     get_pruner,
     speedup_model,
 )
-
-__all__ = [
-    # pruners
-    "PaIPruner",
-    "RandomPruner",
-    "MagnitudePruner",
-    "SNIPPruner",
-    "GraSPPruner",
-    "SynFlowPruner",
-    "IterSNIPPruner",
-    "FORCEPruner",
-    "get_pruner",
-    # from masks to a model
-    "complete_masks",
-    "speedup_model",
-    # what the config_list may hold
-    "CONFIG_KEYS",
-    "GRANULARITIES",
-]
+from synflow_plugin.adapters.nni import __all__ as __all__  # noqa: E402, PLC0414  (one list, the package's)
