@@ -20,7 +20,7 @@ import torch.nn.utils.prune as prune
 from torch import nn
 
 import synflow_plugin
-import synflow_plugin.criteria as registry
+import synflow_plugin.criteria.registry as registry
 from synflow_plugin import PaIPruningMethod, PruningError, compute_masks, prunable_parameters, pruning_method
 from synflow_plugin.checkpoint import ModelSpec, build_model
 from synflow_plugin.cli import main

@@ -14,12 +14,14 @@ import numbers
 import torch
 
 from synflow_plugin.criteria.base import Criterion, ScoringState, to_device
+from synflow_plugin.criteria.registry import register_criterion
 from synflow_plugin.criteria.snip import loss_gradients
 from synflow_plugin.errors import PruningError
 
 __all__ = ["GraSPCriterion"]
 
 
+@register_criterion
 class GraSPCriterion(Criterion):
     """Score = θ ⊙ Hg, with g and Hg of the loss on logits / ``temperature``.
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 from synflow_plugin.criteria.base import Criterion, ScoringState
+from synflow_plugin.criteria.registry import register_criterion
 
 __all__ = ["MagnitudeCriterion"]
 
 
+@register_criterion
 class MagnitudeCriterion(Criterion):
     """Score = |θ|. Data-free, one shot. Ranked globally it is known to collapse the
     widest layers first (SynFlow paper, Fig. 1)."""

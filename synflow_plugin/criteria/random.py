@@ -10,11 +10,13 @@ from __future__ import annotations
 import torch
 
 from synflow_plugin.criteria.base import Criterion, ScoringState
+from synflow_plugin.criteria.registry import register_criterion
 from synflow_plugin.errors import PruningError
 
 __all__ = ["RandomCriterion"]
 
 
+@register_criterion
 class RandomCriterion(Criterion):
     """Score ~ N(0, 1), independently per weight.
 

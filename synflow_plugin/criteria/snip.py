@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from synflow_plugin.criteria.base import Criterion, ScoringState, to_device
+from synflow_plugin.criteria.registry import register_criterion
 
 __all__ = ["SNIPCriterion", "IterSNIPCriterion", "FORCECriterion", "loss_gradients"]
 
@@ -32,6 +33,7 @@ def loss_gradients(state: ScoringState, name: str, temperature: float = 1.0,
     return totals
 
 
+@register_criterion
 class SNIPCriterion(Criterion):
     """Score = |θ ⊙ ∂L/∂θ| summed over the given batches. Data-driven, one shot."""
 
@@ -44,6 +46,7 @@ class SNIPCriterion(Criterion):
         return [(p.detach() * g).abs() for p, g in zip(state.params, grads)]
 
 
+@register_criterion
 class IterSNIPCriterion(SNIPCriterion):
     """SNIP re-scored in each round of the exponential schedule; pruned weights stay pruned."""
 
@@ -52,6 +55,7 @@ class IterSNIPCriterion(SNIPCriterion):
     default_iterations = 10
 
 
+@register_criterion
 class FORCECriterion(SNIPCriterion):
     """FORCE: |θ₀ ⊙ ∂L/∂(θ ⊙ m)| for every weight of the call, pruned ones included,
     so a weight removed in an earlier round may return in a later one."""

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from synflow_plugin.criteria.base import Criterion, ScoringState, describe, flow_outputs
+from synflow_plugin.criteria.registry import register_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 
 __all__ = ["SynFlowCriterion"]
@@ -64,6 +65,7 @@ def _in_range(value: float, dtype: torch.dtype) -> bool:
     return math.isfinite(value) and info.tiny * margin < abs(value) < info.max / margin
 
 
+@register_criterion
 class SynFlowCriterion(Criterion):
     """Score = |θ ⊙ ∂R/∂θ| on the linearised network (|θ| everywhere, all-ones input).
 
