@@ -12,6 +12,7 @@ import math
 import pickle
 import subprocess
 import sys
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from unittest import mock
@@ -126,7 +127,7 @@ def test_channel_scores_agree_with_core_element_scores(criterion):
         "fc": sf.sum(1),
     }
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
-    importance = get_importance(criterion, example_inputs=x, min_channels=0, **kwargs)
+    importance = get_importance(criterion, example_inputs=x, min_channels=0, prune_outputs=True, **kwargs)
     for name, layer, fn in (("conv0", conv0, tp.prune_conv_out_channels),
                             ("conv1", conv1, tp.prune_conv_out_channels),
                             ("fc", fc, tp.prune_linear_out_channels)):
@@ -140,7 +141,7 @@ def test_residual_groups_agree_with_core_on_resnet20():
     pairs = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     scores = dict(zip((m for m, _ in pairs), compute_scores(model, pairs, "synflow", example_inputs=x)))
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
-    importance = SynFlowImportance(min_channels=0)
+    importance = SynFlowImportance(min_channels=0, prune_outputs=True)
     largest = 0
     for group in all_groups(graph):
         parts = []
@@ -170,7 +171,8 @@ def test_magnitude_equals_torch_pruning_group_magnitude(reduction, normalizer):
                 m.weight.uniform_(0.5, 1.5)
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
     types = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
-    ours = MagnitudeImportance(group_reduction=reduction, normalizer=normalizer, target_types=types, min_channels=0)
+    ours = MagnitudeImportance(group_reduction=reduction, normalizer=normalizer, target_types=types, min_channels=0,
+                               prune_outputs=True)
     theirs = tp.importance.GroupMagnitudeImportance(p=1, group_reduction=reduction, normalizer=normalizer,
                                                     target_types=list(types))
     for group in all_groups(graph):
@@ -693,3 +695,56 @@ def test_groupnorm_keeps_the_protection_per_channel_group_but_not_with_round_to(
     with pytest.warns(UserWarning, match=r"round_to=8 and channel groups .*'0'.*Leave round_to out"):
         # torch-pruning counts a GroupNorm layer per channel group: 16/4 + 32/4 = 12
         assert check_pruned(pruner) == 12 - int(12 * 0.3)
+
+
+# ---------------------------------------------------------------------------- networks users bring
+def test_check_pruned_counts_attention_groups_as_torch_pruning_ranks_them():
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.out = nn.Linear(6, 16), nn.Linear(16, 3)
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x):
+            h = self.inp(x)
+            return self.out(self.attn(h, h, h, need_weights=False)[0].mean(dim=1))
+
+    torch.manual_seed(0)
+    model, x = Attention(), torch.randn(2, 5, 6)
+    pruner = tp.pruner.MetaPruner(model, x, importance=SynFlowImportance(example_inputs=x), pruning_ratio=0.5,
+                                  global_pruning=True, ignored_layers=[model.out], num_heads={model.attn: 2})
+    pruner.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no false "kept more than asked"
+        assert check_pruned(pruner) == 0
+    assert model.attn.embed_dim == 8 and model(x).shape == (2, 3)
+
+
+def test_a_group_torch_pruning_maps_past_a_layer_is_refused_before_anything_changes():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=16, bos_token_id=0, eos_token_id=0)).eval()
+    model.config.use_cache = False
+    for block in model.transformer.h:  # HF Conv1D as nn.Linear, the form torch-pruning can trace
+        for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"), (block.mlp, "c_proj")):
+            conv = getattr(parent, name)
+            linear = nn.Linear(*conv.weight.shape)
+            linear.weight.data, linear.bias.data = conv.weight.data.t().contiguous(), conv.bias.data
+            setattr(parent, name, linear)
+    ids = {"input_ids": torch.randint(0, 50, (2, 5))}
+    pruner = tp.pruner.MetaPruner(
+        model, ids, importance=SynFlowImportance(example_inputs={"inputs_embeds": torch.randn(1, 5, 16)}),
+        pruning_ratio=0.5, global_pruning=True, ignored_layers=[model.lm_head],
+        num_heads={b.attn.c_attn: 2 for b in model.transformer.h}, prune_num_heads=True, prune_head_dims=False,
+        output_transform=lambda out: out.logits)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    with pytest.raises(PruningError, match=r"torch-pruning maps the group of .* channels up to \d+ of "
+                                           r"'transformer.h.0.attn.c_proj' \(Linear\), which has 16.*nothing was pruned"):
+        pruner.step()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_prune_outputs_is_a_bool():
+    with pytest.raises(PruningTypeError, match="prune_outputs should be a bool, got str"):
+        SynFlowImportance(prune_outputs="yes")

@@ -218,6 +218,12 @@ class PaIImportance(tp.importance.Importance):
             ``min_channels=r``: fewer protected channels are rounded away.
         model: the network; only needed for groups not built by a
             ``tp.DependencyGraph`` (those carry their model).
+        prune_outputs: score groups that remove output channels of a layer whose output
+            the model returns (a classifier head, a returned feature). Off by default:
+            such a group raises a :class:`~synflow_plugin.PruningError` naming the layer,
+            since pruning it would change the shape of what the model returns; put the
+            layer in the pruner's ``ignored_layers``. Turn it on to score every group of
+            a graph yourself.
         **options: the criterion's options, e.g. ``seed=0`` (Random),
             ``temperature=200`` (GraSP), ``batchnorm="identity"`` (SynFlow).
 
@@ -246,6 +252,7 @@ class PaIImportance(tp.importance.Importance):
         bias: bool = False,
         min_channels: int = 1,
         model: nn.Module | None = None,
+        prune_outputs: bool = False,
         **options: Any,
     ) -> None:
         caller = type(self).__name__
@@ -283,6 +290,8 @@ class PaIImportance(tp.importance.Importance):
             )
         if not isinstance(bias, bool):
             raise PruningTypeError(f"{caller}: bias should be a bool, got {type(bias).__name__}")
+        if not isinstance(prune_outputs, bool):
+            raise PruningTypeError(f"{caller}: prune_outputs should be a bool, got {type(prune_outputs).__name__}")
         if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 0:
             raise PruningError(
                 f"{caller}: min_channels={min_channels!r} should be an int >= 0 (channels every "
@@ -305,9 +314,11 @@ class PaIImportance(tp.importance.Importance):
         self.bias = bias
         self.min_channels = min_channels
         self.model = model
+        self.prune_outputs = prune_outputs
         self._cache: tuple | None = None
         self._warned: set[type] = set()
         self._warned_zero: set[str] = set()
+        self._returned: dict[int, tuple] = {}
 
     def __repr__(self) -> str:
         return (
@@ -344,6 +355,8 @@ class PaIImportance(tp.importance.Importance):
                     self._warn_unsupported(module, name, direction)
                     continue
                 index = torch.as_tensor(list(idxs), dtype=torch.long, device=channels.device)
+                if index.numel() and int(index.max()) >= channels.numel():
+                    self._refuse_mapping(group, graph, module, direction, channels.numel(), index)
                 local_scores.append(channels.index_select(0, index))
                 local_positions.append(torch.as_tensor([position[r] for r in roots], dtype=torch.long,
                                                        device=channels.device))
@@ -366,6 +379,18 @@ class PaIImportance(tp.importance.Importance):
         error here leaves the model untouched; the same groups fail inside torch-pruning
         only after earlier groups of the step were already removed."""
         caller = type(self).__name__
+        returned = {} if self.prune_outputs else self._returned_layers(group, graph)
+        for item in group:
+            module = item.dep.target.module
+            if id(module) in returned and _direction(item.dep, graph) == "out":
+                name = getattr(graph, "_module2name", {}).get(module, type(module).__name__)
+                raise PruningError(
+                    f"{caller}: the group of {_group_label(group, graph)} removes output channels of "
+                    f"'{name}' ({type(module).__name__}), whose output the model returns (as "
+                    f"{returned[id(module)]}): pruning it would shrink what the model returns, silently. "
+                    f"Add it to the pruner's ignored_layers=[{_module_ref(name)}] (as for a classifier "
+                    "head); nothing was pruned."
+                )
         root_dep = group[0].dep
         if _direction(root_dep, graph) != "out":
             # a pruner given num_heads= re-roots an attention group at a downstream layer's
@@ -384,6 +409,20 @@ class PaIImportance(tp.importance.Importance):
                     "tp.pruner.MetaPruner(..., num_heads={m: m.num_heads for m in model.modules() "
                     "if isinstance(m, nn.MultiheadAttention)}); nothing was pruned."
                 )
+        for item in group:
+            heads = _attention_heads(item.dep.target.module, graph)
+            if heads is not None and _direction(item.dep, graph) == "out":
+                module = item.dep.target.module
+                name = getattr(graph, "_module2name", {}).get(module, type(module).__name__)
+                raise PruningError(
+                    f"{caller}: the group of {_group_label(group, graph)} removes output channels of "
+                    f"'{name}', a query/key/value projection of an attention layer with {heads} heads, but the "
+                    "pruner was not told its heads: the pruned model would fail in its reshape to heads. Pass "
+                    "num_heads={<each q/k/v nn.Linear>: <its attention's head count>} to the pruner, e.g. "
+                    "for Hugging Face models num_heads={m.query: model.config.num_attention_heads for m in "
+                    "model.modules() if hasattr(m, 'query')} (q_proj/k_proj/v_proj alike), with "
+                    "prune_num_heads=True, prune_head_dims=False to remove whole heads; nothing was pruned."
+                )
         root = root_dep.target.module
         if isinstance(root, nn.LSTM):
             name = getattr(graph, "_module2name", {}).get(root, type(root).__name__.lower())
@@ -394,6 +433,36 @@ class PaIImportance(tp.importance.Importance):
                 f"were already pruned). Add it to the pruner's ignored_layers=[{_module_ref(name)}] (its input "
                 "channels are still pruned); nothing was pruned."
             )
+
+    def _returned_layers(self, group: Any, graph: Any) -> dict[int, str]:
+        """``id(layer) -> 'a tensor of shape ...'`` for the layers whose output channels are
+        channels of a tensor the model returns (a head, a returned feature), reached
+        through nothing but width-preserving steps (activations, norms, pooling, views);
+        found once per dependency graph."""
+        key = id(graph)
+        cached = self._returned.get(key)
+        if cached is not None and cached[0]() is graph:
+            return cached[1]
+        model = self._model_of(group)
+        inputs = self.example_inputs
+        if inputs is None:
+            inputs = _default_inputs(model, graph)[0]
+        if inputs is None and self.data is not None:
+            inputs = next((batch[0] for batch in Inputs(data=self.data, num_batches=1).batches("importance")), None)
+        found = _returned_layers(model, graph, inputs)
+        self._returned[key] = (weakref.ref(graph) if graph is not None else (lambda: None), found)
+        return found
+
+    def _refuse_mapping(self, group: Any, graph: Any, module: nn.Module, direction: str, count: int,
+                        index: torch.Tensor) -> None:
+        name = getattr(graph, "_module2name", {}).get(module, type(module).__name__)
+        raise PruningError(
+            f"{type(self).__name__}: torch-pruning maps the group of {_group_label(group, graph)} to "
+            f"{'output' if direction == 'out' else 'input'} channels up to {int(index.max())} of '{name}' "
+            f"({type(module).__name__}), which has {count}: its dependency graph cannot prune this group "
+            "(seen with fused query/key/value layers split by heads, e.g. GPT-2's c_attn). Add the layers of "
+            "that group to ignored_layers, or prune without num_heads= for them; nothing was pruned."
+        )
 
     # ------------------------------------------------------------------ element scores
     def element_scores(self, model: nn.Module, graph: Any = None) -> dict[int, dict[str, torch.Tensor]]:
@@ -436,6 +505,7 @@ class PaIImportance(tp.importance.Importance):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_cache"] = None  # holds a weak reference; scores are recomputed after unpickling
+        state["_returned"] = {}
         return state
 
     def _targets(self, model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -665,6 +735,92 @@ def _traced_inputs(graph: Any) -> torch.Tensor | None:
     return torch.ones(shape, dtype=dtype, device=device)
 
 
+_PROJECTIONS = ("query", "key", "value", "q_proj", "k_proj", "v_proj")
+
+
+def _attention_heads(module: nn.Module, graph: Any) -> int | None:
+    """The head count of the attention layer whose query/key/value ``nn.Linear`` this is
+    (Hugging Face's BERT, ViT, ... layout: the projections are children named ``query``,
+    ``q_proj``, ... of a module with ``num_attention_heads`` or ``num_heads``), else None."""
+    if not isinstance(module, nn.Linear):
+        return None
+    name = getattr(graph, "_module2name", {}).get(module)
+    if not name or name.rsplit(".", 1)[-1] not in _PROJECTIONS:
+        return None
+    parent = graph.model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else graph.model
+    for attribute in ("num_attention_heads", "num_heads"):
+        heads = getattr(parent, attribute, None)
+        if heads is None:
+            heads = getattr(getattr(parent, "config", None), attribute, None)
+        if isinstance(heads, int) and heads > 1:
+            return heads
+    return None
+
+
+#: Layers that set the width of their output; every other step (activations, norms,
+#: pooling, dropout, views, element-wise arithmetic) passes its input's channels on.
+_WIDTH_SETTING = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.MultiheadAttention, nn.RNNBase)
+
+
+def _returned_layers(model: nn.Module, graph: Any, inputs: Any) -> dict[int, str]:
+    """The width-setting layers whose output channels reach a tensor ``model`` returns.
+
+    With ``inputs``, the model runs once (in eval mode, restored afterwards; no backward)
+    and each returned floating tensor's autograd graph is walked back to the first
+    width-setting layers; a layer counts when its output width is one of that tensor's
+    non-batch dims. Without inputs, the layers whose traced node feeds nothing else."""
+    from synflow_plugin.criteria.base import flow_outputs
+
+    nodes = getattr(graph, "module2node", None) or {}
+    width = {}
+    for module in model.modules():
+        if module in nodes and (isinstance(module, _WIDTH_SETTING) or type(module).__name__ == "Conv1D"):
+            channels = graph.get_out_channels(module)
+            if channels is not None:
+                width[id(module)] = channels
+    if inputs is None or not width:
+        return {id(m): "a model output" for m, node in nodes.items() if id(m) in width and not node.outputs}
+
+    producers: dict[int, nn.Module] = {}
+
+    def record(module, _args, output):
+        first = output[0] if isinstance(output, (tuple, list)) and output else output
+        if isinstance(first, torch.Tensor) and first.grad_fn is not None:
+            producers[id(first.grad_fn)] = module
+
+    modes = {module: module.training for module in model.modules()}
+    hooks = [m.register_forward_hook(record) for m in model.modules() if id(m) in width]
+    try:
+        model.eval()
+        with torch.enable_grad():
+            output = Inputs().call(model, inputs, "the example input (checking which layers it returns)")
+    except PruningError:
+        return {}
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, training in modes.items():
+            module.training = training
+
+    found: dict[int, str] = {}
+    for tensor in flow_outputs(output):
+        if tensor.grad_fn is None:
+            continue
+        stack, seen = [tensor.grad_fn], set()
+        while stack:
+            fn = stack.pop()
+            if fn is None or id(fn) in seen:
+                continue
+            seen.add(id(fn))
+            module = producers.get(id(fn))
+            if module is not None:
+                if width[id(module)] in tuple(tensor.shape[1:]):
+                    found.setdefault(id(module), f"a tensor of shape {tuple(tensor.shape)}")
+                continue
+            stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return found
+
+
 def _default_inputs(model: nn.Module, graph: Any) -> tuple[Any, str | None]:
     traced = _traced_inputs(graph)
     if traced is not None:
@@ -837,7 +993,10 @@ def check_pruned(pruner: tp.pruner.BasePruner, *, warn: bool = True) -> PruneChe
         )
     step = min(pruner.current_step, pruner.iterative_steps)
     ratio = pruner.per_step_pruning_ratio[step]
-    requested = int(pruner.initial_total_channels * (1 - ratio))
+    # the channel count torch-pruning ranked in its first step, else its own initial count
+    initial_channels = getattr(pruner, "_scope_initial_channels", {}).get("DEFAULT_SCOPE",
+                                                                         pruner.initial_total_channels)
+    requested = int(initial_channels * (1 - ratio))
     channel_groups = getattr(pruner, "_get_channel_groups", lambda group: 1)
     importance = getattr(pruner, "importance", None)
     protected = importance.min_channels if isinstance(importance, PaIImportance) else 0
@@ -846,15 +1005,26 @@ def check_pruned(pruner: tp.pruner.BasePruner, *, warn: bool = True) -> PruneChe
     names = getattr(pruner.DG, "_module2name", {})
     initial = getattr(pruner, "layer_init_out_ch", {})
 
-    remaining, collapsed, grouped = 0, [], []
+    is_attention = getattr(pruner, "_is_atten_group", lambda group: (False, None))
+    remaining, collapsed, grouped, head_dims_kept = 0, [], [], 0
     for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                           root_module_types=pruner.root_module_types):
         module = group[0].dep.target.module
-        ch_groups = max(1, channel_groups(group))
         now = pruner.DG.get_out_channels(module)
         if now is None:
             continue
-        remaining += now // ch_groups
+        ch_groups = max(1, channel_groups(group))
+        if is_attention(group)[0]:
+            # counted as torch-pruning ranks it: re-rooted at the layer after the attention
+            ranked = pruner._downstream_node_as_root_if_attention(group)
+            if ranked is None:
+                continue
+            width = len(ranked[0].idxs) // max(1, channel_groups(ranked))
+            if pruner.prune_num_heads and not pruner.prune_head_dims:
+                head_dims_kept += width
+            remaining += width
+        else:
+            remaining += now // ch_groups
         if ch_groups > 1:
             grouped.append(f"'{names.get(module, type(module).__name__)}'")
         before = initial.get(module)
@@ -864,8 +1034,27 @@ def check_pruned(pruner: tp.pruner.BasePruner, *, warn: bool = True) -> PruneChe
             collapsed.append(f"'{name}' ({type(module).__name__}): {now} of {before} channels")
     shortfall = remaining - requested
 
+    if warn and not initial_channels and ratio > 0:
+        param_names = getattr(pruner.DG, "_param_to_name", {})
+        unwrapped = sorted({param_names[p].rsplit(".", 1)[0] for p, _ in getattr(pruner.DG, "unwrapped_parameters", None) or []
+                            if p in param_names})
+        warnings.warn(
+            f"torch-pruning found nothing to prune for pruning_ratio={ratio:.3g}: every layer it can prune is in "
+            "ignored_layers" + (f", and it cannot prune {', '.join(repr(n) for n in unwrapped)} (parameters outside "
+                                "the layers it knows, e.g. nn.GRU)" if unwrapped else "")
+            + "; the model is unchanged.",
+            stacklevel=2,
+        )
+
     if warn and shortfall > 0:
-        if round_to > 1 and grouped:
+        if head_dims_kept:
+            cause = (
+                f"with prune_head_dims=False the {head_dims_kept} head dims of the attention layers count in "
+                "torch-pruning's global ranking, but only whole heads are removed (head_pruning_ratio), so "
+                "fewer channels go than pruning_ratio asks. Expected with that setting; for the exact count "
+                "pass prune_head_dims=True, or leave the attention layers out with ignored_layers."
+            )
+        elif round_to > 1 and grouped:
             cause = (
                 f"round_to={round_to} and channel groups (GroupNorm, grouped convs, num_heads) do not mix "
                 f"in torch-pruning 1.6: for the groups of {', '.join(grouped)} it rounds the whole layer's "
