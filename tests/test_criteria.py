@@ -146,6 +146,9 @@ def test_register_custom_criterion():
         assert [int(s.sum()) for s in scores] == [4, 2]
         with pytest.raises(PruningError, match="already registered"):
             register_criterion(type("Other", (Ones,), {}))
+        with pytest.raises(PruningError, match=r"Upper.name = 'Ones-Test': registry names are lower case.*"
+                                               r"use name = 'ones-test'"):
+            register_criterion(type("Upper", (Ones,), {"name": "Ones-Test"}))
     finally:
         from synflow_plugin.criteria import CRITERIA
         CRITERIA.pop("ones-test")

@@ -26,6 +26,12 @@ def register_criterion(cls: type[Criterion]) -> type[Criterion]:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise PruningError(f"{cls.__name__} needs a class attribute name = '<registry name>'")
+    if name != name.lower() or name != name.strip():
+        # names are looked up case-insensitively, by their lower-case form
+        raise PruningError(
+            f"{cls.__name__}.name = {name!r}: registry names are lower case without surrounding spaces; "
+            f"use name = {name.strip().lower()!r}"
+        )
     if name in CRITERIA and CRITERIA[name] is not cls:
         raise PruningError(f"a criterion named {name!r} is already registered ({CRITERIA[name].__name__})")
     CRITERIA[name] = cls
