@@ -93,6 +93,26 @@ torch-pruning 1.6 only for attention written with ``nn.Linear`` q/k/v projection
 (timm, Hugging Face); with ``nn.MultiheadAttention`` it fails inside torch-pruning
 (``'MultiheadAttention' object has no attribute 'out_features'``), whatever the importance.
 
+Hugging Face attention (query/key/value ``nn.Linear`` layers under a module with
+``num_attention_heads``, as in BERT and ViT) needs the same: without ``num_heads=`` for
+those layers the importance raises before anything is pruned (the pruned model would
+fail in its reshape to heads). The recipe removes whole heads and keeps their size::
+
+    heads = {getattr(m, p): model.config.num_attention_heads for m in model.modules()
+             for p in ("query", "key", "value") if isinstance(getattr(m, p, None), nn.Linear)}
+    pruner = tp.pruner.MetaPruner(model, {"input_ids": ids}, importance=SynFlowImportance(
+        example_inputs={"inputs_embeds": e}), pruning_ratio=0.5, global_pruning=True,
+        ignored_layers=[model.classifier], num_heads=heads, prune_num_heads=True,
+        prune_head_dims=False, head_pruning_ratio=0.5, output_transform=lambda out: out.logits)
+
+GPT-2's blocks are Hugging Face ``Conv1D`` layers, which torch-pruning 1.6 cannot trace
+(it fails while building its graph, before any importance is asked).
+
+What the model returns. A layer whose output channels are channels of a tensor the
+model returns (a classifier head, a returned feature) changes that tensor's shape when
+pruned; the importance raises, naming the layer and ``ignored_layers=``, instead of
+letting the output shrink (``prune_outputs=True`` scores such groups anyway).
+
 Recurrent layers. torch-pruning 1.6 cannot remove the hidden units of ``nn.LSTM``
 (its pruner indexes past the stacked gate weights): the importance raises a
 :class:`~synflow_plugin.PruningError` naming the layer and ``ignored_layers=`` for that
