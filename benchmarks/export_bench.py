@@ -14,10 +14,15 @@ side by side in the same run mean anything, and the timed runs are interleaved):
    file size vs the same model stored densely (targets: <= 0.35x at 90%, <= 0.06x at 99%).
 3. Parity. Every zoo family (small widths) pruned to 90% by every criterion,
    exported and verified: max |onnxruntime - torch| / max |torch| (target <= 1e-4).
+4. ImageNet ResNets (``--imagenet``). ``resnet18_imagenet`` and ``resnet50_imagenet``
+   at 3x224x224, dense, and the CIFAR ``resnet18`` at 224x224 for contrast: export
+   time, MACs (targets: 1.81 G / 4.09 G, as torchvision's models), parameters, and
+   ONNX Runtime latency at batch 1 and 8.
 
     python benchmarks/export_bench.py            # quick: SynFlow with 10 rounds
     python benchmarks/export_bench.py --full     # the paper's 100 rounds
     python benchmarks/export_bench.py --json results.json --threads 1 --repeat 50
+    python benchmarks/export_bench.py --imagenet --skip-speed --skip-parity   # section 4 only
 """
 
 from __future__ import annotations
@@ -187,6 +192,27 @@ def parity(out: Path, args) -> dict:
     return {"rounds": rounds, "max_rel_diff": results, "worst": worst}
 
 
+def imagenet(out: Path, args) -> dict:
+    """Section 4: the ImageNet-stem ResNets (and the CIFAR ResNet-18) at 3x224x224."""
+    x = torch.randn(1, 3, 224, 224)
+    entries, timings = {}, {}
+    for name in ("resnet18_imagenet", "resnet50_imagenet", "resnet18"):
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=1000, input_shape=(3, 224, 224)).eval()
+        start = time.perf_counter()
+        result = export_onnx(model, x, out / f"{name}-224.onnx", overwrite=True, compact=False)
+        timings[name] = time.perf_counter() - start
+        print(f"  {name:<18} export {timings[name]:5.1f} s  {result}")
+        entries[f"{name} @224"] = (result.path, model)
+    report = benchmark_onnx(entries, batch_sizes=(1, 8), threads=args.threads, warmup=max(1, args.warmup // 5),
+                            repeat=max(3, args.repeat // 5), verbose=True)
+    rows = {m["name"]: m for m in report.models}
+    for name in ("resnet18_imagenet", "resnet50_imagenet", "resnet18"):
+        row = rows[f"{name} @224"]
+        print(f"  {name:<18} {row['macs_dense'] / 1e9:6.3f} GMACs  {row['params'] / 1e6:6.2f} M params (BN folded)")
+    return {"export_seconds": timings, "report": report.to_dict()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="SynFlow with the paper's 100 rounds")
@@ -196,15 +222,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="keep the .onnx files here (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
     parser.add_argument("--skip-parity", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true", help="skip sections 1 and 2 (VGG-16-BN)")
+    parser.add_argument("--imagenet", action="store_true", help="section 4: ImageNet ResNets at 224x224")
     args = parser.parse_args()
     torch.set_num_threads(max(1, args.threads))
 
     with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
-        results = {"speed_and_size": speed_and_size(out, args)}
+        results = {}
+        if not args.skip_speed:
+            results["speed_and_size"] = speed_and_size(out, args)
         if not args.skip_parity:
             results["parity"] = parity(out, args)
+        if args.imagenet:
+            print("\nImageNet ResNets, 3x224x224, dense:")
+            results["imagenet"] = imagenet(out, args)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
             print(f"\nresults written to {args.json}")

@@ -9,6 +9,8 @@ r"""The ``synflow-plugin`` command line (also ``python -m synflow_plugin``).
     synflow-plugin export CHECKPOINT -o OUT.onnx [--compact] [--sparse-initializers] [--factory F]
     synflow-plugin bench FILE.onnx|CHECKPOINT ... [--batch-sizes 1,8] [--factory F]
     synflow-plugin demo [--quick] [--out runs/demo] [--cifar-root DIR]
+    synflow-plugin sweep (--config FILE.json | --model M --dataset D --criteria C,C --compressions 10,100)
+                         [--seeds 0,1] [--epochs E] [--engine local|ray] [--out runs/sweep]
 
 MODEL is a zoo name (``synflow-plugin list``) or ``package.module:factory`` for your
 own network (a callable returning an ``nn.Module``; ``--model-option k=v`` are passed
@@ -269,6 +271,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion-option", type=_key_value, action="append", default=[], metavar="NAME=VALUE",
                    help="criterion keyword, repeatable, e.g. batchnorm=identity (SynFlow), temperature=200 (GraSP)")
     _data_args(p)
+    from synflow_plugin.train import OPTIMIZERS as _TRAIN_OPTIMIZERS
+
+    training = p.add_argument_group(
+        "training (criteria that train: imp trains the weights with train_model on --dataset at every level; "
+        "gemminer trains its scores on --dataset's training set); defaults: the criterion's, for imp those "
+        "of `synflow-plugin train`")
+    training.add_argument("--epochs", type=_positive_int, default=None,
+                          help="imp: epochs per level (default 10); gemminer: score epochs per round (default 5)")
+    training.add_argument("--lr", type=_positive_float, default=None,
+                          help="learning rate (imp: 1e-3, cosine; gemminer: 0.1 on the scores)")
+    training.add_argument("--batch-size", type=_positive_int, default=128, help="(default: %(default)s)")
+    training.add_argument("--optimizer", choices=_TRAIN_OPTIMIZERS, default=None,
+                          help="imp: adam (default) or sgd; gemminer: sgd (default) or adam")
+    training.add_argument("--weight-decay", type=float, default=None, help="(default: 0)")
+    training.add_argument("--levels", type=_positive_int, default=None,
+                          help="imp: pruning levels (the rounds; default: as many as --rate needs)")
+    training.add_argument("--rate", type=_positive_float, default=None,
+                          help="imp: fraction of the survivors pruned per level (default 0.2)")
+    training.add_argument("--rewind-step", type=_nonnegative_int, default=None,
+                          help="imp: rewind to the weights after this many optimizer steps of the first level "
+                               "(default 0: the initialisation); the checkpoint then holds those weights")
     sanity = p.add_argument_group("sanity checks (Frankle et al., ICLR 2021)")
     sanity.add_argument("--invert", action="store_true", help="keep the lowest-scoring weights (score -> -score)")
     sanity.add_argument("--shuffle", action="store_true", help="permute each layer's mask at random after pruning")
@@ -342,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove all-zero channels (needs torch-pruning; default: when installed)")
     p.add_argument("--sparse-initializers", action="store_true", help="store sparse weights in COO form")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-torch check")
+    p.add_argument("--static-batch", action="store_true",
+                   help="fix the batch size to the example's (recorded in the file's metadata); default: a "
+                        "dynamic batch, verified at two batch sizes")
     _overwrite_arg(p, "OUT.onnx")
     _factory_arg(p)
     _common(p)
@@ -385,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_int_list, default=None, help="seeds of the accuracy experiment, e.g. 0,1,2")
     p.add_argument("--skip", action="append", choices=EXPERIMENTS, default=[], help="leave out an experiment")
     _common(p, threads_help="the cores the 1-minute load average leaves free, at least 1")
+    from synflow_plugin.sweep import add_parser as add_sweep_parser
+
+    add_sweep_parser(sub)
     for name, command_parser in sub.choices.items():
         command_parser.set_defaults(command_parser=command_parser)
     return parser
@@ -575,9 +604,17 @@ def _criteria_table() -> list[dict[str, Any]]:
     return rows
 
 
+def _trains(name: str) -> bool:
+    """Whether the criterion ``name`` trains (with a train_fn, or on a training set)."""
+    from synflow_plugin.criteria import CRITERIA
+
+    cls = CRITERIA[name]
+    return bool(getattr(cls, "needs_training", False) or getattr(cls, "reads_training_set", False))
+
+
 def _cmd_list(parser, args) -> int:
     from synflow_plugin.data import DATASETS
-    from synflow_plugin.models import list_models
+    from synflow_plugin.models import list_models, model_summaries
 
     criteria = _criteria_table()
     datasets = [{"name": d.name, "input_shape": list(d.input_shape), "num_classes": d.num_classes,
@@ -587,14 +624,17 @@ def _cmd_list(parser, args) -> int:
         return 0
     width = max([len("name")] + [len(c["name"]) for c in criteria])
     print("criteria (data: reads labelled batches, --dataset; inputs: runs the model on an example input; "
-          "seeded: uses --seed):")
-    print(f"  {'name':<{width}}  {'data':<4}  {'inputs':<6}  {'seeded':<6}  {'rounds':>6}  summary")
+          "seeded: uses --seed; trains: trains on --dataset, see `prune --help`):")
+    print(f"  {'name':<{width}}  {'data':<4}  {'inputs':<6}  {'seeded':<6}  {'rounds':>6}  {'trains':<6}  summary")
     yes = {True: "yes", False: "no"}
     for c in criteria:
         print(f"  {c['name']:<{width}}  {yes[c['needs_data']]:<4}  {yes[c['needs_example_inputs']]:<6}  "
-              f"{yes[c['seeded']]:<6}  {c['default_iterations']:>6}  {c['summary']}")
+              f"{yes[c['seeded']]:<6}  {c['default_iterations']:>6}  {yes[_trains(c['name'])]:<6}  {c['summary']}")
     print("\nmodels (or package.module:factory for your own):")
-    print("  " + ", ".join(list_models()))
+    summaries = model_summaries()
+    width = max(len(name) for name in summaries)
+    for name, summary in summaries.items():
+        print(f"  {name:<{width}}  {summary}")
     print("\ndatasets:")
     for d in datasets:
         print(f"  {d['name']:<9} input {tuple(d['input_shape'])}, {d['num_classes']} classes: {d['source']}")
@@ -615,11 +655,18 @@ def _cmd_prune(parser, args) -> int:
     options = dict(args.criterion_option)
     caps = criterion_class(args.criterion)
     needs_data = caps.needs_data
-    spec, data = _spec_and_data(parser, args, needs_data)
+    trains = bool(getattr(caps, "needs_training", False) or getattr(caps, "reads_training_set", False))
+    _check_training_args(parser, args, caps, trains)
+    spec, data = _spec_and_data(parser, args, needs_data and not trains)
     if caps.seeded:
         options.setdefault("seed", args.seed)
     torch.manual_seed(args.seed)
     model, example = _build(spec)
+    training = _training_options(parser, args, caps, spec, model) if trains else {}
+    if getattr(caps, "reads_training_set", False):
+        data = training.pop("data")
+    recorded = {k: v for k, v in options.items()}
+    options.update(training.pop("options", {}))
     params = prunable_parameters(model)
     if not params:
         raise PruningError(f"{spec.spec} has no conv or linear layer to prune")
@@ -641,10 +688,14 @@ def _cmd_prune(parser, args) -> int:
     # the seed stays among the options, which an inverted criterion is built with
     inputs = criterion_kwargs(caps, example_inputs=example, data=data)
     start = time.perf_counter()
+    if not args.invert:
+        from synflow_plugin.criteria import get_criterion
+
+        criterion = get_criterion(args.criterion, **options)
+    iterations = args.levels if args.levels is not None else args.iterations
     masks = compute_masks(model, params, criterion, amount, **inputs,
-                          iterations=args.iterations, schedule=args.schedule, scope=args.scope,
-                          progress=_progress(args), caller=f"{PROG} prune",
-                          **({} if args.invert else options))
+                          iterations=iterations, schedule=args.schedule, scope=args.scope,
+                          progress=_progress(args), caller=f"{PROG} prune")
     for (module, name), mask in zip(params, masks):
         prune.custom_from_mask(module, name, mask)
     if args.shuffle:
@@ -659,25 +710,91 @@ def _cmd_prune(parser, args) -> int:
     if kept == 0 and not args.allow_empty:  # the budget check above already refuses this; a safety net
         raise PruningError(f"pruning left none of the {size:,} weights of {spec.spec}; pass --allow-empty to "
                            "write such a checkpoint")
-    rounds = args.iterations or caps.default_iterations
+    history = getattr(criterion, "history", None)
+    rounds = len(history) if history else (iterations or caps.default_iterations)
     pruning = {
         "criterion": args.criterion, "amount": amount,
         "requested_compression": 1.0 / (1.0 - amount) if amount < 1 else math.inf,
         "compression": size / kept if kept else math.inf, "density": kept / size,
         "scope": args.scope, "iterations": rounds, "schedule": args.schedule, "seed": args.seed,
-        "dataset": args.dataset, "calibration_per_class": args.calibration_per_class if needs_data else None,
-        "criterion_options": options, "sanity": {"invert": args.invert, "shuffle": args.shuffle, "reinit": args.reinit},
+        "dataset": args.dataset, "calibration_per_class": args.calibration_per_class if needs_data and not trains else None,
+        "criterion_options": recorded, "sanity": {"invert": args.invert, "shuffle": args.shuffle, "reinit": args.reinit},
         "collapsed_layers": collapsed, "seconds": seconds,
     }
+    if trains:
+        pruning["training"] = training["record"]
+        if history:
+            pruning["round_seconds"] = [round(h["seconds"], 3) for h in history]
     path = save_checkpoint(args.output, model, spec, pruning=pruning, overwrite=args.overwrite)
     print(format_report(rows))
     print(f"{args.criterion}{' (inverted)' if args.invert else ''}: kept {kept:,} of {size:,} weights "
           f"(compression {size / kept if kept else math.inf:.4g}x, {rounds} round(s), {seconds:.1f} s); "
           f"{'collapsed layers: ' + ', '.join(collapsed) if collapsed else 'no layer collapsed'}")
+    if history:
+        print("time per round: " + ", ".join(f"{h['seconds']:.1f} s" for h in history))
+    if trains and training["record"].get("rewind_step"):
+        print(f"the checkpoint holds the weights rewound to step {training['record']['rewind_step']} of the first "
+              "level's training, not the initialisation")
     print(f"wrote {path}")
     if args.json:
         _write_json(args.json, {"checkpoint": str(path), "pruning": pruning, "layers": _layers_json(model)})
     return 0
+
+
+_TRAINING_ARGS = ("epochs", "lr", "optimizer", "weight_decay", "levels", "rate", "rewind_step")
+
+
+def _check_training_args(parser, args, caps, trains: bool) -> None:
+    """Refuse training options a criterion does not use (read from its capabilities)."""
+    given = [name for name in _TRAINING_ARGS if getattr(args, name) is not None]
+    if given and not trains:
+        parser.error(f"argument --{given[0].replace('_', '-')}: applies to criteria that train (see `synflow-plugin "
+                     f"list`, column 'trains'); {args.criterion} does not")
+    imp_only = [name for name in ("levels", "rate", "rewind_step") if getattr(args, name) is not None]
+    if imp_only and not getattr(caps, "needs_training", False):
+        parser.error(f"argument --{imp_only[0].replace('_', '-')}: applies to criteria trained with a train_fn "
+                     f"(imp), not to {args.criterion}")
+    if args.levels is not None and args.iterations is not None and args.levels != args.iterations:
+        parser.error(f"argument --levels: the levels are the rounds; --iterations {args.iterations} disagrees")
+    if trains and args.dataset is None:
+        parser.error(f"argument --dataset: {args.criterion} trains; choose from {', '.join(DATASET_CHOICES)}")
+
+
+def _training_options(parser, args, caps, spec, model) -> dict[str, Any]:
+    """What a criterion that trains gets: a ``train_fn`` (``needs_training``) or the
+    training set and its options (``reads_training_set``), and the record of both."""
+    from synflow_plugin.data import load_dataset, make_loader
+
+    train_set, test_set = load_dataset(args.dataset, root=args.data_root)
+    shape = getattr(model, "input_shape", None) or spec.input_shape
+    if shape is not None and tuple(shape) != tuple(train_set[0][0].shape):
+        raise PruningError(f"the model takes inputs of shape {tuple(shape)} but {args.dataset} has "
+                           f"{tuple(train_set[0][0].shape)}")
+    chosen = {name: getattr(args, name) for name in ("epochs", "lr", "optimizer", "weight_decay")
+              if getattr(args, name) is not None}
+    if getattr(caps, "reads_training_set", False):
+        loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
+        return {"data": loader, "options": chosen,
+                "record": dict(chosen, dataset=args.dataset, batch_size=args.batch_size)}
+    from synflow_plugin.train import train_model
+
+    settings = dict(epochs=10, lr=1e-3, optimizer="adam", weight_decay=0.0)
+    settings.update(chosen)
+    progress = _progress(args)
+
+    def train_fn(net):
+        train_model(net, train_set, test_set, batch_size=args.batch_size, seed=args.seed, progress=progress,
+                    desc="imp level", **settings)
+
+    options: dict[str, Any] = {"train_fn": train_fn}
+    if args.rate is not None:
+        options["rate"] = args.rate
+    if args.rewind_step:
+        options["rewind_step"] = args.rewind_step
+        options["rewind_into"] = model
+    return {"options": options,
+            "record": dict(settings, dataset=args.dataset, batch_size=args.batch_size, levels=args.levels,
+                           rate=args.rate, rewind_step=args.rewind_step or 0)}
 
 
 def _cmd_collapse(parser, args) -> int:
@@ -700,6 +817,11 @@ def _cmd_collapse(parser, args) -> int:
                      f"(choose from {', '.join(list_criteria())})")
     _check_outputs(args, ("--json", args.json, "collapse.json"), ("--plot", args.plot, "collapse.png"))
     capabilities = {name: criterion_class(name) for name in names}
+    training = [name for name, caps in capabilities.items() if getattr(caps, "needs_training", False)]
+    if training:
+        parser.error(f"argument --criteria: {', '.join(training)} trains the network with a train_fn at every "
+                     "prune, and the sweep prunes at every grid point; run `synflow-plugin prune -c "
+                     f"{training[0]} --dataset ...` at the compressions you want instead")
     needs_data = any(caps.needs_data for caps in capabilities.values())
     spec, data = _spec_and_data(parser, args, needs_data)
     torch.manual_seed(args.seed)
@@ -819,7 +941,7 @@ def _cmd_export(parser, args) -> int:
     example = example_inputs_for(model, ModelSpec.from_dict(blob["model"]))
     result = export_onnx(model, example, args.output, compact=args.compact,
                          sparse_initializers=args.sparse_initializers, verify=not args.no_verify,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, dynamic_batch=not args.static_batch, progress=_progress(args))
     print(f"wrote {result}")
     return 0
 
@@ -866,8 +988,14 @@ def _cmd_demo(parser, args) -> int:
     return 0
 
 
+def _cmd_sweep(parser, args) -> int:
+    from synflow_plugin.sweep import main as sweep_main
+
+    return sweep_main(args)
+
+
 _COMMANDS = {"list": _cmd_list, "prune": _cmd_prune, "collapse": _cmd_collapse, "train": _cmd_train,
-             "export": _cmd_export, "bench": _cmd_bench, "demo": _cmd_demo}
+             "export": _cmd_export, "bench": _cmd_bench, "demo": _cmd_demo, "sweep": _cmd_sweep}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from synflow_plugin._kernels import normal_range
 from synflow_plugin.collapse import LayerCollapseWarning, warn_collapse
+from synflow_plugin.distributed import check_same_on_every_rank
 from synflow_plugin.criteria import Criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.plan import Group, Member, Plan, bounded_drop
@@ -323,10 +324,15 @@ def run_plan(session: ScoringSession, plan: Plan) -> list[torch.Tensor]:
     loop = _Loop(session, plan)
     request = session.request
     with session:
+        session.state.rounds = loop.rounds
+        session.state.survivors = loop.masks
         for r in tqdm(range(loop.rounds), desc=request.criterion.name, unit="round",
                       disable=(not request.progress) if request.progress is not None else None, leave=False):
             loop.round(r)
     masks = loop.masks()
+    check_same_on_every_rank([m.to(torch.uint8) for m in masks], request.group, "the masks",
+                             "The scores differed between the ranks: every rank must call the prune with the "
+                             "same arguments (the same seed= for random criteria).", request.caller)
     warn_collapse(session.model, session.targets, masks, session.start_masks, request.inputs,
                   f"{request.caller} ({request.criterion.name})", units=plan.units, stacklevel=3)
     return masks
@@ -349,41 +355,57 @@ class _Loop:
         request, targets = session.request, session.targets
         self.criterion = request.criterion
         scheduled = any(m.threshold is None for m in plan.members())
-        self.rounds = request.rounds if scheduled else 1
         fast = [g for g in plan.groups if _on_kernels(g, plan, targets)]
         self.fast = [[m.tensors[0] for m in g.members] for g in fast]
         self.slow = [g for g in plan.groups if not _on_kernels(g, plan, targets)]
 
-        # Kernel-ranked targets: the flat positions they may lose, the weights each group
-        # keeps after every round, and its members' floors (lo) and caps (hi), if bounded.
+        # Kernel-ranked targets: the flat positions they may lose.
         on_kernels = {t for group in self.fast for t in group}
         self.on_kernels = on_kernels
         candidates = [_positions(m) if t in on_kernels else np.empty(0, dtype=np.int64)
                       for t, m in enumerate(session.start_masks)]
         self.start_live = [c.size for c in candidates]
         self.alive = Survivors(candidates, revivable=self.criterion.revives, threads=torch.get_num_threads())
-        self.fast_keep, self.fast_bounds = [], []
-        for group, g in zip(self.fast, fast):
-            start = sum(self.start_live[t] for t in group)
-            self.fast_keep.append(keep_schedule(start, start - min(g.budget, start), self.rounds, request.schedule))
-            bounded = any(m.bounded for m in g.members)
-            self.fast_bounds.append([(
-                [n - k for k in keep_schedule(n, n - min(m.lo, n), self.rounds, request.schedule)], min(m.hi, n))
-                for m, n in ((m, self.start_live[m.tensors[0]]) for m in g.members)] if bounded else None)
-
-        # Unit-ranked members: the units they may lose, their budgets and floors per round.
+        # Unit-ranked members: the units they may lose.
         self.members = [m for g in self.slow for m in g.members]
         self.units_alive = [self._candidate_units(m) for m in self.members]
         self.units_start = [u.copy() for u in self.units_alive]
         position = {id(m): k for k, m in enumerate(self.members)}
-        self.budgets = []
-        for g in self.slow:
-            cost = sum(self.units_alive[position[id(m)]].size * m.size for m in g.members)
-            final = cost - min(g.budget, cost)
-            self.budgets.append([cost - k for k in keep_schedule(cost, final, self.rounds, request.schedule)])
-        self.floors = [[u.size - k for k in keep_schedule(u.size, u.size - min(m.lo, u.size), self.rounds,
-                                                            request.schedule)]
+        fast_ends = [(start, start - min(g.budget, start))
+                     for g, start in ((g, sum(self.start_live[t] for t in group)) for g, group in zip(fast, self.fast))]
+        slow_ends = [(cost, cost - min(g.budget, cost)) for g, cost in (
+            (g, sum(self.units_alive[position[id(m)]].size * m.size for m in g.members)) for g in self.slow)]
+
+        # The rounds: the request's, or the criterion's own schedule (keep_fractions).
+        total = sum(start for start, _ in fast_ends + slow_ends)
+        density = sum(final for _, final in fast_ends + slow_ends) / total if total else 1.0
+        self.fractions = self.criterion.keep_fractions(density, request.iterations) if scheduled else None
+        if self.fractions is not None:
+            self.rounds = len(self.fractions)
+        else:
+            self.rounds = request.rounds if scheduled else 1
+
+        # The weights each group keeps after every round, and its members' floors (lo) and caps (hi), if bounded.
+        self.fast_keep, self.fast_bounds = [], []
+        for g, (start, final) in zip(fast, fast_ends):
+            self.fast_keep.append(self._keeps(start, final))
+            bounded = any(m.bounded for m in g.members)
+            self.fast_bounds.append([(
+                [n - k for k in self._keeps(n, n - min(m.lo, n))], min(m.hi, n))
+                for m, n in ((m, self.start_live[m.tensors[0]]) for m in g.members)] if bounded else None)
+
+        # Unit-ranked members: their budgets and floors per round.
+        self.budgets = [[cost - k for k in self._keeps(cost, final)] for cost, final in slow_ends]
+        self.floors = [[u.size - k for k in self._keeps(u.size, u.size - min(m.lo, u.size))]
                        for m, u in zip(self.members, self.units_alive)]
+
+    def _keeps(self, start: int, final: int) -> list[int]:
+        """What a group of ``start`` that ends at ``final`` keeps after each round."""
+        if self.fractions is None:
+            return keep_schedule(start, final, self.rounds, self.session.request.schedule)
+        keeps = [max(final, min(start, round(start * f))) for f in self.fractions]
+        keeps[-1] = final
+        return keeps
 
     def _candidate_units(self, member: Member) -> np.ndarray:
         """The units of ``member`` with a weight left in every one of its tensors."""

@@ -19,19 +19,5 @@ True
 
 # This module is named like the host package; the adapter imports the real `nni`
 # with an absolute import, which this name cannot shadow.
-from synflow_plugin.adapters.nni import (
-    CONFIG_KEYS,
-    GRANULARITIES,
-    FORCEPruner,
-    GraSPPruner,
-    IterSNIPPruner,
-    MagnitudePruner,
-    PaIPruner,
-    RandomPruner,
-    SNIPPruner,
-    SynFlowPruner,
-    complete_masks,
-    get_pruner,
-    speedup_model,
-)
-from synflow_plugin.adapters.nni import __all__ as __all__  # noqa: E402, PLC0414  (one list, the package's)
+from synflow_plugin.adapters.nni import *  # noqa: F401,F403  (every public name of the package)
+from synflow_plugin.adapters.nni import __all__ as __all__  # noqa: PLC0414  (one list, the package's)

@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from synflow_plugin.criteria import Criterion, Inputs, ScoringState, get_criterion
+from synflow_plugin.distributed import check_same_on_every_rank, resolve_group
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.targets import Target, current_mask, resolve_targets, scoring_copy
 
-__all__ = ["ScoringRequest", "ScoringSession", "ZeroFlowWarning", "SCHEDULES", "SCOPES"]
+__all__ = ["ScoringRequest", "ScoringSession", "ZeroFlowWarning", "SCHEDULES", "SCOPES", "check_train_fn"]
 
 SCHEDULES = ("exponential", "linear")
 #: ``global``: one ranking over all targets (the paper); ``local`` (or its alias
@@ -54,12 +55,13 @@ class ScoringRequest:
         schedule, scope, progress, caller: as passed, checked.
     """
 
-    __slots__ = ("criterion", "inputs", "iterations", "schedule", "scope", "progress", "caller")
+    __slots__ = ("criterion", "inputs", "iterations", "schedule", "scope", "progress", "caller", "group")
 
     def __init__(self, criterion: Criterion, inputs: Inputs, iterations: int | None, schedule: str,
-                 scope: str, progress: bool | None, caller: str) -> None:
+                 scope: str, progress: bool | None, caller: str, group: Any = None) -> None:
         self.criterion, self.inputs, self.iterations = criterion, inputs, iterations
         self.schedule, self.scope, self.progress, self.caller = schedule, scope, progress, caller
+        self.group = group
 
     @classmethod
     def build(
@@ -76,12 +78,16 @@ class ScoringRequest:
         progress: bool | None = None,
         caller: str = "prune",
         data_later: bool = False,
+        process_group: Any = None,
         **options: Any,
     ) -> "ScoringRequest":
         """Check every argument and build the criterion with its ``options``.
 
         ``data_later``: the batches come later (:meth:`with_data`), as when a host
-        reads them from its own training loop; ``data=`` is not required yet."""
+        reads them from its own training loop; ``data=`` is not required yet.
+        ``process_group``: the ``torch.distributed`` group whose ranks must get the same
+        masks (None: the default group when one is initialised; False: this process
+        alone); see :mod:`synflow_plugin.distributed`."""
         if iterations is not None and (isinstance(iterations, (bool, np.bool_))
                                        or not isinstance(iterations, (int, np.integer)) or iterations < 1):
             raise PruningError(f"{caller}: iterations={iterations!r} should be a positive int or None")
@@ -93,10 +99,21 @@ class ScoringRequest:
             raise PruningTypeError(
                 f"{caller}: progress={progress!r} should be True, False or None (a bar only on a terminal)"
             )
+        group = resolve_group(process_group, caller)
         built = get_criterion(criterion, **options)
+        if group is not None and built.needs_data and not built.reduces_across_ranks:
+            title = type(built).__name__.removesuffix("Criterion") or built.name
+            raise PruningError(
+                f"{caller}: {title} scores each rank's own batches and cannot combine them across the "
+                f"{torch.distributed.get_world_size(group)} ranks of the process group, so the ranks would "
+                "get different masks. Prune on one rank and broadcast the masks, or pass process_group=False "
+                "to prune each rank alone (knowingly)."
+            )
         inputs = Inputs(example_inputs=example_inputs, data=data, loss_fn=loss_fn, num_batches=num_batches)
         if built.needs_data and not data_later:
             inputs.require_data(built.name, caller)
+        if built.needs_training:
+            check_train_fn(built, caller)
         if built.needs_example_inputs and example_inputs is None:
             title = type(built).__name__.removesuffix("Criterion") or built.name
             raise PruningError(
@@ -104,7 +121,7 @@ class ScoringRequest:
                 "torch.randn(1, 3, 32, 32)>: it runs the model on an input of that shape."
             )
         return cls(built, inputs, None if iterations is None else int(iterations), schedule, scope,
-                   None if progress is None else bool(progress), caller)
+                   None if progress is None else bool(progress), caller, group)
 
     def with_data(self, data: Iterable | None, num_batches: int | None = None) -> "ScoringRequest":
         """This request with the batches ``data`` (required for a data-driven criterion)."""
@@ -113,7 +130,7 @@ class ScoringRequest:
         if self.criterion.needs_data:
             inputs.require_data(self.criterion.name, self.caller)
         return ScoringRequest(self.criterion, inputs, self.iterations, self.schedule, self.scope, self.progress,
-                              self.caller)
+                              self.caller, self.group)
 
     @property
     def rounds(self) -> int:
@@ -162,9 +179,22 @@ class ScoringSession:
         self._grad = torch.enable_grad()
         self._grad.__enter__()
         try:
-            self.state = _scoring_state(self._model, self.targets, self.request.inputs, self.criterion)
+            self.state = _scoring_state(self._model, self.targets, self.request.inputs, self.criterion,
+                                        self.request.progress)
         except BaseException:
             self._grad.__exit__(None, None, None)
+            raise
+        starts = self.start_masks
+        self.state.survivors = lambda: [m.clone() for m in starts]
+        self.state.group = self.request.group
+        try:
+            check_same_on_every_rank(
+                [p.detach() for p in self.state.params] + [m.to(torch.uint8) for m in starts], self.request.group,
+                "the pruned weights (or their existing masks)",
+                "Initialise every rank with the same seed (torch.manual_seed before building the model), or "
+                "load the same checkpoint on every rank, before pruning.", self.request.caller)
+        except BaseException:
+            self.__exit__(None, None, None)
             raise
         return self
 
@@ -246,9 +276,27 @@ def _check_finite(model: nn.Module) -> None:
                     )
 
 
-def _scoring_state(model: nn.Module, targets: list[Target], inputs: Inputs, criterion: Criterion) -> ScoringState:
+def check_train_fn(criterion: Criterion, caller: str) -> None:
+    """Refuse a criterion that ``needs_training`` without a callable ``train_fn``."""
+    train_fn = getattr(criterion, "train_fn", None)
+    title = type(criterion).__name__.removesuffix("Criterion") or criterion.name
+    if train_fn is None:
+        raise PruningError(
+            f"{caller}: {title} trains the network: pass train_fn=<a function train_fn(model) that trains "
+            "the model it is given in place> (it gets a copy; your model is never trained)."
+        )
+    if not callable(train_fn):
+        raise PruningTypeError(
+            f"{caller}: train_fn should be callable as train_fn(model), got {type(train_fn).__name__}"
+        )
+
+
+def _scoring_state(model: nn.Module, targets: list[Target], inputs: Inputs, criterion: Criterion,
+                   progress: bool | None = False) -> ScoringState:
     copy = scoring_copy(model)
     _check_finite(copy)
+    requires_grad = {name: p.requires_grad for name, p in copy.named_parameters()}
+    modes = {name: m.training for name, m in copy.named_modules()}
     copy.eval()
     for p in copy.parameters():
         p.requires_grad_(False)
@@ -257,7 +305,8 @@ def _scoring_state(model: nn.Module, targets: list[Target], inputs: Inputs, crit
         p.requires_grad_(True)
         if not p.data.is_contiguous():  # e.g. channels_last: flat views must alias the data
             p.data = p.data.contiguous()
-    state = ScoringState(model=copy, targets=targets, params=params, initial=[], inputs=inputs)
+    state = ScoringState(model=copy, targets=targets, params=params, initial=[], inputs=inputs, progress=progress,
+                         requires_grad=requires_grad, modes=modes)
     criterion.prepare(state)
     state.initial = [p.detach().clone() for p in params] if criterion.revives else [p.detach() for p in params]
     return state

@@ -148,8 +148,10 @@ def random_case(rng: np.random.Generator, criterion: str | None = None, entry_po
                           for _ in range(2)]
     else:
         kwargs["example_inputs"] = torch.randn(1, *shape)
-    if criterion == "random":
+    if needs.seeded:
         kwargs["seed"] = seed
+    if needs.needs_training:  # a stand-in for the user's training
+        kwargs["train_fn"] = _fuzz_train_fn(shape, seed)
     return Case(
         model=model, criterion=criterion, amount=amount,
         entry_point=entry_point or str(rng.choice(ENTRY_POINTS)),
@@ -157,6 +159,22 @@ def random_case(rng: np.random.Generator, criterion: str | None = None, entry_po
         expected_kept=survivors - num_to_prune(amount, survivors),
         pruned_before=[~current_mask(m, n) for m, n in params],
     )
+
+
+def _fuzz_train_fn(shape: tuple[int, ...], seed: int):
+    """Two clipped SGD steps on random inputs: the weights change, and never diverge."""
+    def train_fn(model: nn.Module) -> None:
+        g = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        for _ in range(2):
+            loss = model(torch.randn(2, *shape, generator=g)).float().pow(2).mean()
+            if not torch.isfinite(loss):
+                continue
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+    return train_fn
 
 
 def _state(model: nn.Module) -> dict[str, Any]:

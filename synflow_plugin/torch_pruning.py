@@ -18,21 +18,5 @@ torch.Size([1, 10])
 
 # This module is named like the host package; the adapter imports the real
 # `torch_pruning` with an absolute import, which this name cannot shadow.
-from synflow_plugin.adapters.torch_pruning import (
-    DEFAULT_TARGET_TYPES,
-    FORCEImportance,
-    GROUP_REDUCTIONS,
-    GraSPImportance,
-    IMPORTANCES,
-    IterSNIPImportance,
-    MagnitudeImportance,
-    NORMALIZERS,
-    PaIImportance,
-    PruneCheck,
-    RandomImportance,
-    SNIPImportance,
-    SynFlowImportance,
-    check_pruned,
-    get_importance,
-)
-from synflow_plugin.adapters.torch_pruning import __all__ as __all__  # noqa: PLC0414
+from synflow_plugin.adapters.torch_pruning import *  # noqa: F401,F403  (every public name of the adapter)
+from synflow_plugin.adapters.torch_pruning import __all__ as __all__  # noqa: PLC0414  (one list, the adapter's)

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from synflow_plugin.cli import main, parse_compression
-from synflow_plugin.criteria import get_criterion, list_criteria
+from synflow_plugin.criteria import CRITERIA, get_criterion, list_criteria
 from synflow_plugin.demo import PAPER_CRITICAL_LOG10, collapse_sweep
 from synflow_plugin.models import create_model, list_models
 
-COMMANDS = ("list", "prune", "collapse", "train", "export", "bench", "demo")
+COMMANDS = ("list", "prune", "collapse", "train", "export", "bench", "demo", "sweep")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -115,12 +115,18 @@ def test_list_json_reports_criteria_models_and_datasets(capsys):
     assert main(["list", "--json"]) == 0
     blob = json.loads(capsys.readouterr().out)
     needs = {c["name"]: c["needs_data"] for c in blob["criteria"]}
-    assert needs == {"random": False, "magnitude": False, "snip": True, "grasp": True, "synflow": False,
-                     "itersnip": True, "force": True}
+    assert list(needs) == list_criteria()
+    assert {n: needs[n] for n in ("random", "magnitude", "snip", "grasp", "synflow", "itersnip", "force")} == {
+        "random": False, "magnitude": False, "snip": True, "grasp": True, "synflow": False,
+        "itersnip": True, "force": True}
     by_name = {c["name"]: c for c in blob["criteria"]}
     assert by_name["synflow"]["default_iterations"] == 100 and by_name["itersnip"]["default_iterations"] == 10
-    assert [n for n, c in by_name.items() if c["needs_example_inputs"]] == ["synflow"]
-    assert [n for n, c in by_name.items() if c["seeded"]] == ["random"]
+    for name, row in by_name.items():  # every row as the criterion declares it
+        cls = CRITERIA[name]
+        assert (row["needs_data"], row["needs_example_inputs"], row["seeded"], row["default_iterations"]) == (
+            cls.needs_data, cls.needs_example_inputs, cls.seeded, cls.default_iterations), name
+    assert "synflow" in [n for n, c in by_name.items() if c["needs_example_inputs"]]
+    assert "random" in [n for n, c in by_name.items() if c["seeded"]]
     assert by_name["synflow"]["summary"] == get_criterion("synflow").summary
     assert all(c["summary"] for c in blob["criteria"])
     assert blob["models"] == list_models()

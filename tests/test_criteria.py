@@ -122,7 +122,7 @@ def test_synflow_handles_tuple_and_dict_outputs():
 
 
 def test_registry_lists_every_criterion_and_rejects_unknown_names():
-    assert list_criteria() == ["random", "magnitude", "snip", "itersnip", "force", "grasp", "synflow"]
+    assert list_criteria() == ["random", "magnitude", "snip", "itersnip", "force", "grasp", "synflow", "gemminer", "imp", "ntksap", "prospr", "phew"]
     assert get_criterion("SynFlow").name == "synflow"
     with pytest.raises(PruningError, match=r"unknown criterion 'synflw'; expected one of: random, magnitude"):
         get_criterion("synflw")

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from unittest import mock
 
 import numpy as np
@@ -20,6 +21,7 @@ from torch import nn
 
 from synflow_plugin import PruningError, PruningTypeError, SynFlow, prunable_parameters
 from synflow_plugin.export import (
+    CompactionWarning,
     ExportError,
     benchmark_onnx,
     channel_counts,
@@ -554,6 +556,7 @@ def test_model_that_does_not_run_on_the_inputs(tmp_path):
         (dict(rtol=-1.0), PruningError, r"rtol=-1.0 should be a number in \[0, 1\)"),
         (dict(compact="yes"), PruningTypeError, "compact should be True, False or None"),
         (dict(sparse_initializers=1), PruningTypeError, "sparse_initializers should be True or False"),
+        (dict(progress="yes"), PruningTypeError, "progress should be True, False or None"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, error, match):
@@ -568,7 +571,214 @@ def test_bad_arguments(tmp_path, kwargs, error, match):
     assert [p for p in tmp_path.iterdir()] == []
 
 
+# --------------------------------------------------------------------------- compact where possible
+class GRUNet(nn.Module):
+    """A Linear feeding a GRU: torch-pruning's index mapping fails on its channels (IndexError)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(6, 8)
+        self.rnn = nn.GRU(8, 12, batch_first=True)
+        self.mid = nn.Linear(12, 10)
+        self.out = nn.Linear(10, 3)
+
+    def forward(self, x):
+        h = self.rnn(torch.relu(self.inp(x)))[0][:, -1]
+        return self.out(torch.relu(self.mid(h)))
+
+
+def gru_net_with_zero_channels():
+    torch.manual_seed(0)
+    model = GRUNet()
+    with torch.no_grad():
+        for layer in (model.inp, model.mid):
+            layer.weight[:4] = 0
+            layer.bias[:4] = 0
+    return model
+
+
+def test_compaction_keeps_and_names_what_torch_pruning_cannot_map():
+    pytest.importorskip("torch_pruning")
+    model, x = gru_net_with_zero_channels(), torch.randn(2, 5, 6)
+    with pytest.warns(CompactionWarning, match=r"'inp': 4 zero output channel\(s\): torch-pruning cannot map "
+                                               r"the channels of 'inp' \(Linear\).*IndexError") as caught:
+        small = compact_channels(model, x, strict=False)
+    (warning,) = [w.message for w in caught if isinstance(w.message, CompactionWarning)]
+    assert set(warning.kept) == {"inp"}
+    # what can be compacted still is: mid loses its 4 zero channels, inp keeps all 8
+    assert channel_counts(small) == {"inp": 8, "mid": 6, "out": 3}
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), make_permanent(model).eval()(x), rtol=0, atol=1e-6)
+    # explicitly asked: an error that names the layer, and nothing changed
+    with pytest.raises(ExportError, match=r"(?s)compact=True, but 1 layer\(s\) of GRUNet have all-zero channels "
+                                          r"that cannot be removed:.*'inp': 4 zero output channel\(s\).*IndexError.*"
+                                          r"Pass compact=None"):
+        compact_channels(model, x)
+
+
+def test_export_compacts_where_possible_and_compact_true_refuses(tmp_path):
+    pytest.importorskip("torch_pruning")
+    model, x = gru_net_with_zero_channels(), torch.randn(1, 5, 6)
+    with pytest.raises(ExportError, match=r"(?s)export_onnx\(\): compact=True, but 1 layer\(s\) of GRUNet.*'inp'.*"
+                                          r"torch-pruning cannot map"):
+        export_onnx(model, x, tmp_path / "strict.onnx", compact=True)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.warns(CompactionWarning, match="'inp'"):
+        result = export_onnx(model, x, tmp_path / "m.onnx")
+    assert result.removed_channels == {"mid": (10, 6)}
+    assert set(result.kept_channels) == {"inp"} and "IndexError" in result.kept_channels["inp"]
+    assert result.max_rel_diff <= 1e-4 and result.verified_batch_sizes == (1, 2)
+
+
+class Untraceable(nn.Module):
+    """Its output carries no autograd history, which torch-pruning needs to trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.b = nn.Linear(6, 2)
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.b(torch.relu(self.a(x)))
+
+
+def test_a_model_torch_pruning_cannot_trace_is_exported_uncompacted_with_a_warning():
+    pytest.importorskip("torch_pruning")
+    model = Untraceable()
+    with torch.no_grad():
+        model.a.weight[:3] = 0
+        model.a.bias[:3] = 0
+    x = torch.randn(2, 4)
+    with pytest.warns(CompactionWarning, match="Untraceable is exported without compaction: .*could not trace"):
+        same = compact_channels(model, x, strict=False)
+    assert channel_counts(same) == {"a": 6, "b": 2}
+    with pytest.raises(ExportError, match="could not trace the Untraceable model"):
+        compact_channels(model, x)
+
+
+def test_a_removal_that_changes_the_outputs_is_undone_and_named():
+    pytest.importorskip("torch_pruning")
+    from synflow_plugin.export import compact as compact_module
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    with torch.no_grad():
+        model[0].weight[:2] = 0
+        model[0].bias[:2] = 0
+        model[2].weight[:2] = 0
+        model[2].bias[:2] = 0
+    x = torch.randn(3, 4)
+    real = compact_module._check
+    calls = []
+
+    def check(work, *args):  # the one-layer-at-a-time pass sees layer '2' break the model
+        calls.append(work[2].out_features)
+        if work[2].out_features < 5:
+            return "the model no longer runs without them (RuntimeError: injected)"
+        return real(work, *args)
+
+    with mock.patch.object(compact_module, "_check", side_effect=check):
+        with pytest.warns(CompactionWarning, match=r"'2': 2 zero output channel\(s\): .*injected"):
+            small = compact_channels(model, x, strict=False)
+    assert channel_counts(small) == {"0": 4, "2": 5, "4": 2}  # '0' compacted, '2' restored
+    assert small[2].weight.shape == (5, 4)  # its inputs follow layer '0', its outputs are back
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- batch axis
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0), 1)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.out(self.enc(self.inp(x)).mean(dim=1))
+
+
+def test_the_second_batch_size_catches_a_graph_that_fixes_the_batch(tmp_path, monkeypatch):
+    # torch.export traces a TransformerEncoder at batch 1 into a graph that only runs at
+    # batch 1 (a Reshape to {5, 16}); export_onnx traces at batch 2, so force batch 1 here
+    torch.manual_seed(0)
+    model, x = Encoder().eval(), torch.randn(1, 5, 6)
+    real = onnx_export._torch_export
+    monkeypatch.setattr(onnx_export, "_torch_export",
+                        lambda m, inputs, *args: real(m, tuple(t[:1] for t in inputs), *args))
+    with pytest.raises(ExportError, match=r"cannot run the exported Encoder at batch 2 \(the example has 1\).*"
+                                          r"Nothing was written.*dynamic_batch=False"):
+        export_onnx(model, x, tmp_path / "m.onnx", compact=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    result = export_onnx(model, x, tmp_path / "m.onnx", compact=False)
+    assert result.verified_batch_sizes == (1, 2)
+    x4 = torch.randn(4, 5, 6)
+    (out,) = ort_run(result.path, x4)
+    np.testing.assert_allclose(out, eval_output(model, x4), atol=1e-5)
+
+
+def test_benchmark_turns_an_onnxruntime_failure_into_an_export_error(tmp_path):
+    # the file a plain torch.onnx.export of a batch-1 TransformerEncoder writes: dynamic
+    # batch declared, batch 1 fixed inside
+    torch.manual_seed(0)
+    model, x = Encoder().eval(), torch.randn(1, 5, 6)
+    path = tmp_path / "plain.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation notes
+        program = torch.onnx.export(model, (x,), dynamo=True, verbose=False,
+                                    dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    program.save(str(path))
+    report = benchmark_onnx(path, batch_sizes=1, warmup=0, repeat=1, verbose=False, progress=False)
+    assert report.models[0]["latency"]["1"]["p50_ms"] > 0  # batch 1 runs
+    with pytest.raises(ExportError, match=r"cannot run 'plain' \(plain.onnx\) at batch size 4 \(inputs .* \[4, 5, 6\]\)"
+                                          r".*Export it again with synflow_plugin.export.export_onnx\(\)"):
+        benchmark_onnx(path, batch_sizes=(1, 4), warmup=0, repeat=1, verbose=False, progress=False)
+
+
+def test_a_static_batch_is_recorded_in_the_file_and_progress_shows_on_request(tmp_path, capsys):
+    result = export_onnx(tiny_mlp(), torch.randn(2, 8), tmp_path / "m.onnx", dynamic_batch=False,
+                         compact=False, progress=True)
+    err = capsys.readouterr().err
+    assert "export Sequential" in err and "/5 " in err and "writing" in err  # masks, compaction, export, ...
+    metadata = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}
+    assert metadata == {"synflow_plugin.batch": "static: 2", "synflow_plugin.verified_batch_sizes": "2"}
+    assert not result.dynamic_batch and result.verified_batch_sizes == (2,)
+    assert "batch fixed at 2" in str(result)
+    report = benchmark_onnx(result.path, batch_sizes=(1, 2), warmup=0, repeat=1, verbose=False, progress=False)
+    assert report.models[0]["latency"]["1"] is None and report.models[0]["latency"]["2"]["p50_ms"] > 0
+    export_onnx(tiny_mlp(), torch.randn(1, 8), tmp_path / "quiet.onnx", compact=False)  # not a terminal
+    assert capsys.readouterr().err == ""
+
+
 # --------------------------------------------------------------------------- benchmark
+class MatMuls(nn.Module):
+    """A MatMul with a constant operand and a MatMul of two activations, as in attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 3))
+
+    def forward(self, x):  # x: (batch, 5, 4)
+        q = x @ self.w  # (batch, 5, 3)
+        return q @ q.transpose(1, 2)  # (batch, 5, 5)
+
+
+def test_matmul_macs_by_hand(tmp_path):
+    model = MatMuls()
+    with torch.no_grad():
+        model.w[0] = 0  # 3 of the 12 weights
+    result = export_onnx(model, torch.randn(1, 5, 4), tmp_path / "m.onnx", compact=False)
+    matmuls = [n for n in onnx.load(str(result.path)).graph.node if n.op_type == "MatMul"]
+    assert len(matmuls) == 2
+    dense, effective = count_macs(onnx.load(str(result.path)))
+    constant = 5 * 3 * 4  # (5 x 4) @ (4 x 3): 15 outputs, 4 products each
+    activations = 5 * 5 * 3  # (5 x 3) @ (3 x 5): 25 outputs, 3 products each
+    assert dense == constant + activations == 135
+    assert effective == constant * 9 // 12 + activations == 120
+
+
 def test_count_macs_by_hand(tmp_path):
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
     with torch.no_grad():

@@ -27,7 +27,9 @@ from synflow_plugin.models import (
     list_models,
     mlp,
     resnet18,
+    resnet18_imagenet,
     resnet20,
+    resnet50_imagenet,
     vgg11,
     vgg16_bn,
     wide_resnet18,
@@ -48,6 +50,8 @@ EXPECTED_NAMES = [
     "resnet56",
     "resnet18",
     "wide_resnet18",
+    "resnet18_imagenet",
+    "resnet50_imagenet",
     "mlp",
     "conv",
 ]
@@ -57,6 +61,8 @@ def tiny_kwargs(name: str) -> dict:
     """Options that make model ``name`` tiny (a few channels) on a small input."""
     if name.startswith("vgg"):
         return {"width_multiplier": 1 / 16, "input_shape": (3, 16, 16)}
+    if name.endswith("_imagenet"):
+        return {"width_multiplier": 1 / 16, "input_shape": (3, 32, 32)}
     if "resnet" in name:
         return {"width_multiplier": 1 / 8, "input_shape": (3, 16, 16)}
     if name == "mlp":
@@ -322,7 +328,7 @@ def test_unknown_model_name_lists_the_valid_names():
     expected = r"unknown model 'vgg17'; expected one of: vgg11, vgg11_bn, vgg13, "
     with pytest.raises(PruningError, match=expected):
         create_model("vgg17")
-    with pytest.raises(ValueError, match="wide_resnet18, mlp, conv"):
+    with pytest.raises(ValueError, match="wide_resnet18, resnet18_imagenet, resnet50_imagenet, mlp, conv"):
         create_model("resnet")
     with pytest.raises(PruningTypeError, match="model name must be a str"):
         create_model(16)
@@ -385,3 +391,73 @@ def test_factories_accept_torch_size_and_lists_as_input_shape():
     model = create_model("resnet20", input_shape=torch.Size([3, 8, 8]), width_multiplier=0.125)
     assert model.input_shape == (3, 8, 8)
     assert create_model("mlp", input_shape=[2, 5], width=3).input_shape == (2, 5)
+
+
+# ----------------------------------------------------------------------- ImageNet ResNets
+def torch_macs(model: nn.Module, input_shape) -> int:
+    """Multiply-accumulates of one sample, counted by hooks on a meta-device copy (no compute):
+    a convolution costs out positions x kernel elements, a linear layer its weight's size."""
+    total = 0
+
+    def hook(module, args, out):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            total += out[0, 0].numel() * module.weight.numel()
+        else:
+            total += module.weight.numel()
+
+    model = model.to("meta")
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.empty(1, *input_shape, device="meta"))
+    for h in handles:
+        h.remove()
+    return total
+
+
+@pytest.mark.parametrize(("name", "params", "gmacs", "convs", "features"), [
+    ("resnet18_imagenet", 11_689_512, 1.814, 20, 512),
+    ("resnet50_imagenet", 25_557_032, 4.089, 53, 2048),
+])
+def test_imagenet_resnets_have_torchvisions_shapes_and_cost(name, params, gmacs, convs, features):
+    torch.manual_seed(0)
+    model = create_model(name)  # defaults: 1000 classes, 3x224x224
+    assert model.input_shape == (3, 224, 224) and model.num_classes == 1000
+    # torchvision's resnet18 / resnet50 have exactly these parameter counts
+    assert count_params(model) == params
+    conv_layers = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(conv_layers) == convs
+    assert conv_layers[0].kernel_size == (7, 7) and conv_layers[0].stride == (2, 2)
+    assert isinstance(model.maxpool, nn.MaxPool2d) and model.fc.in_features == features
+    assert torch_macs(model, (3, 224, 224)) / 1e9 == pytest.approx(gmacs, abs=0.001)
+
+
+def test_the_cifar_resnet18_is_documented_as_such_and_costs_15x_more_at_224():
+    assert "CIFAR" in resnet18.__doc__ and "resnet18_imagenet" in resnet18.__doc__
+    cifar = torch_macs(resnet18(num_classes=1000, input_shape=(3, 224, 224)), (3, 224, 224))
+    imagenet = torch_macs(resnet18_imagenet(), (3, 224, 224))
+    assert cifar / 1e9 == pytest.approx(27.2, abs=0.05)  # the 3x3 stride-1 stem keeps 224x224
+    assert cifar / imagenet == pytest.approx(15.0, abs=0.1)
+    assert "torchvision" in resnet50_imagenet.__doc__ and "4.09 GMACs" in resnet50_imagenet.__doc__
+
+
+def test_imagenet_resnets_run_small_and_refuse_inputs_below_32():
+    model = create_model("resnet50_imagenet", num_classes=5, input_shape=(3, 32, 40), width_multiplier=1 / 16)
+    assert model(torch.randn(2, 3, 32, 40)).shape == (2, 5)
+    block = model.stages[1][0]
+    assert block.conv2.stride == (2, 2) and block.conv1.stride == (1, 1)  # stride on the 3x3 ("v1.5")
+    assert block.conv3.out_channels == 4 * block.conv1.out_channels
+    with pytest.raises(PruningError, match=r"too small for resnet18_imagenet.*at least 32"):
+        create_model("resnet18_imagenet", input_shape=(3, 16, 224))
+    zero = create_model("resnet50_imagenet", width_multiplier=1 / 16, zero_init_residual=True, input_shape=(3, 32, 32))
+    assert all(float(m.bn3.weight.detach().abs().sum()) == 0 for m in zero.modules() if type(m).__name__ == "Bottleneck")
+
+
+def test_model_summaries_say_which_resnet18_is_which():
+    from synflow_plugin.models import model_summaries
+
+    summaries = model_summaries()
+    assert list(summaries) == EXPECTED_NAMES and all(summaries.values())
+    assert "CIFAR" in summaries["resnet18"] and "resnet18_imagenet" in summaries["resnet18"]
+    assert "224x224" in summaries["resnet18_imagenet"] and "1.81 GMACs" in summaries["resnet18_imagenet"]
+    assert "224x224" in summaries["resnet50_imagenet"] and "4.09 GMACs" in summaries["resnet50_imagenet"]

@@ -23,7 +23,7 @@ import torch_pruning as tp
 from torch import nn
 
 import synflow_plugin.adapters.torch_pruning as adapter
-from synflow_plugin import PruningError, PruningTypeError, ZeroFlowWarning, compute_scores, list_criteria
+from synflow_plugin import CRITERIA, PruningError, PruningTypeError, ZeroFlowWarning, compute_scores, list_criteria
 from synflow_plugin.adapters.torch_pruning import _channel_scores
 from synflow_plugin.models import create_model
 from synflow_plugin.torch_pruning import (
@@ -57,9 +57,15 @@ def batches(size: int = 8) -> list:
 
 
 def criterion_kwargs(name: str) -> dict:
-    kwargs = {"seed": 0} if name == "random" else {}
-    if name in ("snip", "grasp", "itersnip", "force"):
+    """What the criterion's capabilities ask for, small: a seed, batches, a training function."""
+    caps = CRITERIA[name]
+    kwargs = {"seed": 0} if caps.seeded else {}
+    if caps.needs_data:
         kwargs["data"] = batches()
+    if caps.needs_training:
+        kwargs["train_fn"] = lambda model: [p.data.mul_(1.5) for p in model.parameters()]
+    if caps.reads_training_set:
+        kwargs["epochs"] = 1
     return kwargs
 
 

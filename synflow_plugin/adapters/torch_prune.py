@@ -58,6 +58,11 @@ __all__ = [
     "SynFlow",
     "IterSNIP",
     "FORCE",
+    "GemMiner",
+    "IMP",
+    "NTKSAP",
+    "ProsPr",
+    "PHEW",
     # function forms
     "random_unstructured",
     "magnitude_unstructured",
@@ -66,6 +71,11 @@ __all__ = [
     "synflow_unstructured",
     "itersnip_unstructured",
     "force_unstructured",
+    "gemminer_unstructured",
+    "imp_unstructured",
+    "ntksap_unstructured",
+    "prospr_unstructured",
+    "phew_unstructured",
 ]
 
 
@@ -142,7 +152,9 @@ class PaIPruningMethod(prune.BasePruningMethod):
         progress: tqdm bar over the rounds (default: on a terminal only).
         min_density: the fraction of each pruned tensor kept at least (the total count
             stays exact); guards against layer collapse.
-        **options: the criterion's options (``batchnorm=``, ``seed=``, ``temperature=``).
+        **options: the criterion's options (``batchnorm=``, ``seed=``, ``temperature=``), and
+            ``process_group=`` (see :mod:`synflow_plugin.distributed`: by default the ranks of
+            an initialised ``torch.distributed`` job get the same masks).
     """
 
     PRUNING_TYPE = "unstructured"
@@ -281,8 +293,47 @@ class FORCE(PaIPruningMethod):
     criterion = "force"
 
 
+class GemMiner(PaIPruningMethod):
+    """GemMiner (Sreenivasan et al., 2022, https://arxiv.org/abs/2202.12002): scores trained
+    with the weights frozen, the lowest flagged off each round; needs ``data=`` (a training
+    loader) and takes ``epochs=``, ``lr=``, ..."""
+
+    criterion = "gemminer"
+
+
+class IMP(PaIPruningMethod):
+    """Iterative magnitude pruning with rewinding (Frankle & Carbin, 2019,
+    https://arxiv.org/abs/1803.03635; Frankle et al., 2020): train, prune by magnitude,
+    rewind, per level; needs ``train_fn=`` (trains the copy it is given in place)."""
+
+    criterion = "imp"
+
+
+class NTKSAP(PaIPruningMethod):
+    """NTK-SAP (Wang et al., 2023, https://arxiv.org/abs/2304.02840): the mask's effect on the
+    neural tangent kernel's spectrum, on random inputs and re-drawn weights; data-free, needs
+    ``example_inputs=`` for the input shape."""
+
+    criterion = "ntksap"
+
+
+class ProsPr(PaIPruningMethod):
+    """ProsPr (Alizadeh et al., 2022, https://arxiv.org/abs/2202.08132): |∂L/∂m| through a few
+    inner training steps; needs ``data=``."""
+
+    criterion = "prospr"
+
+
+class PHEW(PaIPruningMethod):
+    """PHEW (Patil & Dovrolis, 2021, https://arxiv.org/abs/2010.11354): biased random walks
+    with probability ∝ |θ|, data-free; ``seed=`` for a reproducible mask."""
+
+    criterion = "phew"
+
+
 _BUILT_IN: dict[str, type[PaIPruningMethod]] = {
-    cls.criterion: cls for cls in (Random, Magnitude, SNIP, GraSP, SynFlow, IterSNIP, FORCE)
+    cls.criterion: cls for cls in (Random, Magnitude, SNIP, GraSP, SynFlow, IterSNIP, FORCE,
+                                   GemMiner, IMP, NTKSAP, ProsPr, PHEW)
 }
 #: The classes :func:`pruning_method` made, one per registry name.
 _MADE: dict[str, type[PaIPruningMethod]] = {}
@@ -373,3 +424,8 @@ grasp_unstructured = _function_form(GraSP)
 synflow_unstructured = _function_form(SynFlow)
 itersnip_unstructured = _function_form(IterSNIP)
 force_unstructured = _function_form(FORCE)
+gemminer_unstructured = _function_form(GemMiner)
+imp_unstructured = _function_form(IMP)
+ntksap_unstructured = _function_form(NTKSAP)
+prospr_unstructured = _function_form(ProsPr)
+phew_unstructured = _function_form(PHEW)

@@ -160,6 +160,7 @@ from synflow_plugin.collapse import LayerCollapseWarning
 from synflow_plugin.criteria import Criterion, Inputs, get_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.masking import ZeroFlowWarning, compute_scores
+from synflow_plugin.session import check_train_fn
 
 __all__ = [
     # base class
@@ -172,6 +173,11 @@ __all__ = [
     "SynFlowImportance",
     "IterSNIPImportance",
     "FORCEImportance",
+    "GemMinerImportance",
+    "IMPImportance",
+    "NTKSAPImportance",
+    "ProsPrImportance",
+    "PHEWImportance",
     # registry
     "IMPORTANCES",
     "get_importance",
@@ -244,6 +250,9 @@ class PaIImportance(tp.importance.Importance):
             since pruning it would change the shape of what the model returns; put the
             layer in the pruner's ``ignored_layers``. Turn it on to score every group of
             a graph yourself.
+        process_group: the ``torch.distributed`` group whose ranks must score alike
+            (default: the default group when one is initialised; ``False``: this
+            process alone); see :mod:`synflow_plugin.distributed`.
         **options: the criterion's options, e.g. ``seed=0`` (Random),
             ``temperature=200`` (GraSP), ``batchnorm="identity"`` (SynFlow).
 
@@ -273,6 +282,7 @@ class PaIImportance(tp.importance.Importance):
         min_channels: int = 1,
         model: nn.Module | None = None,
         prune_outputs: bool = False,
+        process_group: Any = None,
         **options: Any,
     ) -> None:
         caller = type(self).__name__
@@ -289,6 +299,8 @@ class PaIImportance(tp.importance.Importance):
                 "ready-made classes, e.g. SynFlowImportance()."
             )
         self._criterion = get_criterion(criterion, **options)
+        if self._criterion.needs_training:
+            check_train_fn(self._criterion, caller)
 
         if group_reduction not in GROUP_REDUCTIONS:
             raise PruningError(
@@ -335,6 +347,7 @@ class PaIImportance(tp.importance.Importance):
         self.min_channels = min_channels
         self.model = model
         self.prune_outputs = prune_outputs
+        self.process_group = process_group
         self._cache: tuple | None = None
         self._warned: set[type] = set()
         self._warned_zero: set[str] = set()
@@ -503,7 +516,7 @@ class PaIImportance(tp.importance.Importance):
         try:
             scores = compute_scores(
                 model, pairs, self._criterion, example_inputs=example_inputs, data=self.data,
-                loss_fn=self.loss_fn, num_batches=self.num_batches,
+                loss_fn=self.loss_fn, num_batches=self.num_batches, process_group=self.process_group,
             )
         except PruningError as exc:
             if source is not None:
@@ -526,6 +539,7 @@ class PaIImportance(tp.importance.Importance):
         state = dict(self.__dict__)
         state["_cache"] = None  # holds a weak reference; scores are recomputed after unpickling
         state["_returned"] = {}
+        state["process_group"] = None  # a process group does not pickle; the default group is found again
         return state
 
     def _targets(self, model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -915,11 +929,49 @@ class FORCEImportance(PaIImportance):
     criterion = "force"
 
 
+class GemMinerImportance(PaIImportance):
+    """GemMiner (Sreenivasan et al., NeurIPS 2022, https://arxiv.org/abs/2202.12002): a
+    channel's score is the sum of its weights' trained GemMiner scores; needs ``data=``
+    (a training loader). Each pruning step trains the scores again on the thinned network."""
+
+    criterion = "gemminer"
+
+
+class IMPImportance(PaIImportance):
+    """IMP (Frankle & Carbin, ICLR 2019, https://arxiv.org/abs/1803.03635): a channel's score
+    is the L1 norm of its weights after ``train_fn`` trained a copy (one level per pruning
+    step, each from the model's own weights: rewinding to init); needs ``train_fn=``."""
+
+    criterion = "imp"
+
+
+class NTKSAPImportance(PaIImportance):
+    """NTK-SAP (Wang et al., ICLR 2023, https://arxiv.org/abs/2304.02840) summed per channel;
+    data-free, one round per pruning step."""
+
+    criterion = "ntksap"
+
+
+class ProsPrImportance(PaIImportance):
+    """ProsPr (Alizadeh et al., ICLR 2022, https://arxiv.org/abs/2202.08132): |∂L/∂m| through
+    a few inner training steps, summed per channel; needs ``data=``."""
+
+    criterion = "prospr"
+
+
+class PHEWImportance(PaIImportance):
+    """PHEW (Patil & Dovrolis, ICML 2021, https://arxiv.org/abs/2010.11354): the random-walk
+    scores summed per channel; data-free, ``seed=`` for reproducible steps."""
+
+    criterion = "phew"
+
+
 #: Registry name -> importance class, one per criterion of :data:`synflow_plugin.CRITERIA`.
 IMPORTANCES: dict[str, type[PaIImportance]] = {
     cls.criterion: cls
     for cls in (RandomImportance, MagnitudeImportance, SNIPImportance, GraSPImportance,
-                SynFlowImportance, IterSNIPImportance, FORCEImportance)
+                SynFlowImportance, IterSNIPImportance, FORCEImportance, GemMinerImportance,
+                IMPImportance, NTKSAPImportance, ProsPrImportance, PHEWImportance)
 }
 
 
@@ -1056,8 +1108,8 @@ def check_pruned(pruner: tp.pruner.BasePruner, *, warn: bool = True) -> PruneChe
 
     if warn and not initial_channels and ratio > 0:
         param_names = getattr(pruner.DG, "_param_to_name", {})
-        unwrapped = sorted({param_names[p].rsplit(".", 1)[0] for p, _ in getattr(pruner.DG, "unwrapped_parameters", None) or []
-                            if p in param_names})
+        unwrapped = sorted({param_names[p].rsplit(".", 1)[0]
+                            for p, _ in getattr(pruner.DG, "unwrapped_parameters", None) or [] if p in param_names})
         warnings.warn(
             f"torch-pruning found nothing to prune for pruning_ratio={ratio:.3g}: every layer it can prune is in "
             "ignored_layers" + (f", and it cannot prune {', '.join(repr(n) for n in unwrapped)} (parameters outside "

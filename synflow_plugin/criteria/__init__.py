@@ -6,7 +6,7 @@ masks to torch.nn.utils.prune, NNI or torch-pruning.
 
 >>> from synflow_plugin.criteria import get_criterion, list_criteria
 >>> list_criteria()
-['random', 'magnitude', 'snip', 'itersnip', 'force', 'grasp', 'synflow']
+['random', 'magnitude', 'snip', 'itersnip', 'force', 'grasp', 'synflow', 'gemminer', 'imp', 'ntksap', 'prospr', 'phew']
 >>> get_criterion("synflow", batchnorm="identity")
 SynFlowCriterion(batchnorm='identity')
 """
@@ -29,6 +29,11 @@ from synflow_plugin.criteria.magnitude import MagnitudeCriterion
 from synflow_plugin.criteria.snip import FORCECriterion, IterSNIPCriterion, SNIPCriterion
 from synflow_plugin.criteria.grasp import GraSPCriterion
 from synflow_plugin.criteria.synflow import SynFlowCriterion
+from synflow_plugin.criteria.gemminer import GemMinerCriterion
+from synflow_plugin.criteria.imp import IMPCriterion
+from synflow_plugin.criteria.ntk_sap import NTKSAPCriterion
+from synflow_plugin.criteria.prospr import ProsPrCriterion
+from synflow_plugin.criteria.phew import PHEWCriterion
 
 __all__ = [
     # contract
@@ -43,6 +48,11 @@ __all__ = [
     "SynFlowCriterion",
     "IterSNIPCriterion",
     "FORCECriterion",
+    "GemMinerCriterion",
+    "IMPCriterion",
+    "NTKSAPCriterion",
+    "ProsPrCriterion",
+    "PHEWCriterion",
     # registry
     "CRITERIA",
     "get_criterion",

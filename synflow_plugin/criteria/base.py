@@ -236,6 +236,12 @@ class ScoringState:
         cache: per-call scratch space of the criterion (e.g. SynFlow's all-ones input).
         promoted_from: the targets' dtype before :meth:`promote` moved the copy to
             float64 (None while it has not).
+        rounds: the number of rounds of the call (1 outside the pruning loop).
+        progress: whether the call shows progress bars (None: only on a terminal);
+            criteria that train show theirs under the same rule.
+        requires_grad: parameter name -> ``requires_grad`` in the user's model (the
+            copy freezes every parameter but the targets).
+        modes: module name -> ``training`` flag in the user's model (the copy is in eval mode).
     """
 
     model: nn.Module
@@ -246,6 +252,29 @@ class ScoringState:
     round: int = 0
     cache: dict = field(default_factory=dict)
     promoted_from: torch.dtype | None = None
+    rounds: int = 1
+    progress: bool | None = False
+    requires_grad: dict = field(default_factory=dict)
+    modes: dict = field(default_factory=dict)
+    survivors: Callable[[], list[torch.Tensor]] | None = field(default=None, repr=False)
+    group: Any = field(default=None, repr=False)
+
+    def all_reduce(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Sum ``tensors`` in place over the ranks of the call's process group (nothing
+        without one) and return them: what a data-driven criterion accumulates over its
+        batches (e.g. the gradients), so that every rank scores all ranks' batches."""
+        from synflow_plugin.distributed import all_reduce_sum
+
+        all_reduce_sum(tensors, self.group)
+        return tensors
+
+    def alive(self) -> list[torch.Tensor]:
+        """One boolean mask per target, True for the weights not pruned so far in this
+        call (nor before it). Inside the pruning loop, the loop's own record; outside
+        it, the weights of ``params`` that are not zero."""
+        if self.survivors is not None:
+            return [m.to(p.device) for m, p in zip(self.survivors(), self.params)]
+        return [p.detach() != 0 for p in self.params]
 
     @property
     def device(self) -> torch.device:
@@ -305,10 +334,22 @@ class Criterion(abc.ABC):
             the target's current (masked) value: the loop multiplies only the survivors,
             which spares a pass over every weight in each round.
         ranks_magnitude: the score is the absolute value, taken on the survivors only.
+        reduces_across_ranks: under a ``torch.distributed`` process group, :meth:`score`
+            sums what it accumulates over batches across the ranks
+            (:meth:`ScoringState.all_reduce`), so every rank gets the scores of all
+            ranks' batches. A data-driven criterion without it is refused under a group.
         wide_range: the scores are products along paths through the network and can
             leave the range of the model's dtype (SynFlow): the loop checks every
             round's ranked scores and, when one is infinite or near the subnormal
             range, scores the round again on a float64 copy (:meth:`ScoringState.promote`).
+        needs_training: the criterion trains (a copy of) the network with the user's
+            training function, held as its attribute ``train_fn`` (a callable
+            ``train_fn(model)`` that trains the model it is given in place); a request
+            without one is refused before any work.
+        reads_training_set: the criterion trains on ``data=`` for epochs (GemMiner's
+            scores): callers give it a training set (a shuffling DataLoader), not a
+            calibration batch, and its training options by the names ``epochs``,
+            ``lr``, ``optimizer`` and ``weight_decay``.
     """
 
     name: ClassVar[str]
@@ -322,6 +363,10 @@ class Criterion(abc.ABC):
     times_weight: ClassVar[bool] = False
     ranks_magnitude: ClassVar[bool] = False
     wide_range: ClassVar[bool] = False
+    reduces_across_ranks: ClassVar[bool] = False
+    needs_training: ClassVar[bool] = False
+    reads_training_set: ClassVar[bool] = False
+    train_fn: Callable[[nn.Module], Any] | None = None
 
     def prepare(self, state: ScoringState) -> None:
         """Called once on the fresh scoring copy before the first round (e.g. SynFlow
@@ -331,6 +376,15 @@ class Criterion(abc.ABC):
     def score(self, state: ScoringState) -> list[torch.Tensor]:
         """One score tensor per target, shaped like the target; higher is more important
         (after the ``times_weight`` and ``ranks_magnitude`` steps, where set)."""
+
+    def keep_fractions(self, density: float, iterations: int | None) -> list[float] | None:
+        """The rounds of a criterion whose schedule is its own (IMP: a fixed fraction of
+        the survivors per level): the fraction of the call's starting survivors kept
+        after each round, the last equal to ``density`` (the fraction the call keeps);
+        its length is the number of rounds. ``iterations``: the rounds the caller asked
+        for, or None. The default, None, leaves the rounds to the request
+        (``iterations`` and ``schedule``)."""
+        return None
 
     def finish(self, state: ScoringState, scores: list[torch.Tensor]) -> list[torch.Tensor]:
         """The scores ranked, for every weight, from what :meth:`score` returned: applies

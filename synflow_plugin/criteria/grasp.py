@@ -36,6 +36,7 @@ class GraSPCriterion(Criterion):
     name = "grasp"
     summary = "gradient signal preservation, w * Hg (Wang et al. 2020)"
     needs_data = True
+    reduces_across_ranks = True
 
     def __init__(self, *, temperature: float = 200.0) -> None:
         if (not isinstance(temperature, numbers.Real) or isinstance(temperature, bool)
@@ -57,4 +58,5 @@ class GraSPCriterion(Criterion):
             for total, hg in zip(hessian_g, torch.autograd.grad(z, state.params, allow_unused=True)):
                 if hg is not None:
                     total.add_(hg)
+        state.all_reduce(hessian_g)
         return [p.detach() * hg for p, hg in zip(state.params, hessian_g)]

@@ -20,7 +20,8 @@ __all__ = ["SNIPCriterion", "IterSNIPCriterion", "FORCECriterion", "loss_gradien
 
 def loss_gradients(state: ScoringState, name: str, temperature: float = 1.0,
                    create_graph: bool = False) -> list[torch.Tensor]:
-    """∂L/∂θ for every target, L summed over the batches of ``state.inputs``."""
+    """∂L/∂θ for every target, L summed over the batches of ``state.inputs`` (and of
+    every rank of the call's process group)."""
     totals = [torch.zeros_like(p) for p in state.params]
     for inputs, labels in state.inputs.batches(name):
         inputs, labels = to_device(inputs, state.device), to_device(labels, state.device)
@@ -30,7 +31,7 @@ def loss_gradients(state: ScoringState, name: str, temperature: float = 1.0,
         for total, grad in zip(totals, grads):
             if grad is not None:
                 total.add_(grad)
-    return totals
+    return state.all_reduce(totals)
 
 
 @register_criterion
@@ -40,6 +41,7 @@ class SNIPCriterion(Criterion):
     name = "snip"
     summary = "|w * dL/dw| on a batch (Lee et al. 2019)"
     needs_data = True
+    reduces_across_ranks = True
 
     def score(self, state: ScoringState) -> list[torch.Tensor]:
         grads = loss_gradients(state, self.name)

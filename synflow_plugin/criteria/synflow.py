@@ -6,6 +6,13 @@ is fed, and R = 1ᵀ(∏ₗ|θˡ|)1 is the sum of the outputs. A weight's score 
 synaptic flow |θ ⊙ ∂R/∂θ|. No data is needed. Pruned in ~100 rounds on an
 exponential schedule, the scores of a layer re-balance as it thins, which is
 what keeps SynFlow from collapsing layers.
+
+SynFlow-L2 (``power=2``; the squared-weight path norm of Gebhart et al., "A Unified
+Paths Perspective for Pruning at Initialization", https://arxiv.org/abs/2101.10552,
+named SynFlow-L2 in PHEW, https://arxiv.org/abs/2010.11354) replaces every parameter
+and buffer by its square instead: R₂ = 1ᵀ(∏ₗ(θˡ)²)1 and the score is
+θ² ⊙ ∂R₂/∂(θ²), which is ½|θ ⊙ ∂R₂/∂θ| and, like SynFlow's, sums to R₂ in every
+layer of a bias-free ReLU network.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from synflow_plugin.errors import PruningError, PruningTypeError
 __all__ = ["SynFlowCriterion"]
 
 _BATCHNORM_MODES = ("eval", "identity")
+_POWERS = (1, 2)
 
 
 def _all_ones(example_inputs, dtype: torch.dtype | None, device: torch.device):
@@ -74,6 +82,10 @@ class SynFlowCriterion(Criterion):
             with |weight|, |bias|, |running_mean|) or ``"identity"`` (BatchNorm is
             skipped while scoring; use it when a zero-initialised BatchNorm weight,
             as in ``zero_init_residual``, blocks all flow through a branch).
+        power: 1 (SynFlow: |θ| everywhere) or 2 (SynFlow-L2: θ² everywhere, the
+            score θ² ⊙ ∂R₂/∂(θ²)). SynFlow-L2 scores on a float64 copy from the
+            start: a square is not exact in float32, and the masks should be those
+            of float64.
 
     Precision: R grows or shrinks geometrically with depth (about 18^depth for a
     width-256 ReLU MLP at Kaiming initialisation) and leaves float32's range past
@@ -92,11 +104,19 @@ class SynFlowCriterion(Criterion):
     times_weight = True  # score() gives ∂R/∂θ; the score is |θ ⊙ ∂R/∂θ|
     ranks_magnitude = True
     wide_range = True
+    #: 1: |θ| (SynFlow), 2: θ² (SynFlow-L2); set on an instance only when not 1.
+    power: int = 1
 
-    def __init__(self, *, batchnorm: str = "eval") -> None:
+    def __init__(self, *, batchnorm: str = "eval", power: int = 1) -> None:
         if batchnorm not in _BATCHNORM_MODES:
             raise PruningError(f"batchnorm={batchnorm!r} is not valid; expected one of {_BATCHNORM_MODES}")
+        if isinstance(power, bool) or power not in _POWERS:
+            raise PruningError(
+                f"power={power!r} is not valid; expected one of {_POWERS} (1: SynFlow on |θ|, 2: SynFlow-L2 on θ²)"
+            )
         self.batchnorm = batchnorm
+        if power != 1:
+            self.power = int(power)
 
     def prepare(self, state: ScoringState) -> None:
         # example_inputs is there: the request checks it for needs_example_inputs.
@@ -110,10 +130,15 @@ class SynFlowCriterion(Criterion):
         _all_ones(example, None, state.device)  # refuses integer inputs before any work
         if self.batchnorm == "identity":
             _replace_batchnorm(state.model)
+        if self.power == 2:
+            state.promote()  # squares are exact in float64 only
         with torch.no_grad():
             for tensor in itertools.chain(state.model.parameters(), state.model.buffers()):
                 if tensor.is_floating_point():
-                    tensor.abs_()
+                    if self.power == 2:
+                        tensor.square_()
+                    else:
+                        tensor.abs_()
 
     def _total_flow(self, state: ScoringState) -> torch.Tensor:
         dtype = state.model_dtype

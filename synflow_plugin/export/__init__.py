@@ -9,9 +9,10 @@ The pipeline, each step also usable alone:
 * :func:`make_permanent`: masks of ``torch.nn.utils.prune`` / our criteria / NNI
   (``masks=``) baked into plain weights, on a copy;
 * :func:`compact_channels`: all-zero output channels removed through torch-pruning's
-  dependency graph (residual coupling respected), outputs unchanged;
+  dependency graph (residual coupling respected), outputs unchanged; what cannot be
+  removed is kept and named (:class:`CompactionWarning`, or an error with ``strict``);
 * :func:`export_onnx`: one verified ONNX file (dynamo exporter, IR <= 10, optional COO
-  ``sparse_initializer`` s), written atomically;
+  ``sparse_initializer`` s, dynamic batch verified at two batch sizes), written atomically;
 * :func:`benchmark_onnx`: ONNX Runtime latency, throughput, speed-up, file sizes,
   parameters, dense/effective MACs and parity.
 
@@ -24,7 +25,7 @@ onnx, onnxruntime and onnxscript (extra ``[onnx]``) and torch-pruning (extra
 
 from synflow_plugin.export._common import ExportError
 from synflow_plugin.export.bench import BenchmarkReport, benchmark_onnx, count_macs, onnx_model_stats
-from synflow_plugin.export.compact import channel_counts, compact_channels, find_zero_channels
+from synflow_plugin.export.compact import CompactionWarning, channel_counts, compact_channels, find_zero_channels
 from synflow_plugin.export.onnx_export import (
     ExportResult,
     densify_sparse_initializers,
@@ -55,6 +56,7 @@ __all__ = [
     # analysis
     "count_macs",
     "onnx_model_stats",
-    # errors
+    # errors and warnings
     "ExportError",
+    "CompactionWarning",
 ]

@@ -65,12 +65,55 @@ def _load_proto(onnx, path: Path, caller: str):
         ) from exc
 
 
+_RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+def _runtime_shapes(model, names: list[str]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the tensors ``names`` when ONNX Runtime runs ``model`` on one sample.
+
+    For graphs whose shapes ONNX's static inference cannot follow (a Reshape to a
+    computed shape, as in attention); the inputs are zeros (token ids 0), which only
+    matters for graphs whose shapes depend on values.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {o.name for o in probe.graph.output}
+    wanted = [n for n in dict.fromkeys(names) if n not in present]
+    for name in wanted:
+        probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), sess_options=options,
+                                   providers=["CPUExecutionProvider"])
+    feed = {}
+    for inp in session.get_inputs():
+        shape = [1 if not isinstance(d, int) else d for d in inp.shape]
+        feed[inp.name] = np.zeros(shape, dtype=_ORT_TYPES.get(inp.type, np.float32))
+    outputs = session.run(None, feed)
+    return {o.name: tuple(v.shape) for o, v in zip(session.get_outputs(), outputs)}
+
+
 def count_macs(model_proto) -> tuple[int, int]:
     """``(dense, effective)`` multiply-accumulates per sample of an ONNX model.
 
-    Counts Conv, ConvTranspose, Gemm and MatMul nodes whose weight is an initializer
-    (a MatMul of two activations counts as dense in both). The batch dimension is
-    taken as 1; the other dimensions must be static. ``model_proto`` is not changed.
+    Counted nodes, for one sample (batch dimension 1):
+
+    * Conv / ConvTranspose: output positions x kernel elements (``weight.size``);
+    * Gemm and MatMul: ``prod(output shape) * K``, K the contracted dimension, so
+      ``A[..., M, K] @ B[..., K, N]`` costs ``prod(...) * M * N * K``. A MatMul of two
+      activations (attention's ``Q @ K^T``, ``weights @ V``) counts as dense in both
+      figures; with a constant operand the share of its zeros is removed;
+    * LSTM / GRU / RNN: ``seq_len * (W.size + R.size)`` (every step multiplies the
+      input by ``W`` and the hidden state by ``R``, in each direction).
+
+    Shapes come from ONNX shape inference; where it cannot size a node (a Reshape to a
+    computed shape) ONNX Runtime runs the graph once on one zero sample to measure
+    them. Elementwise work, softmax and bias additions are not counted.
+    ``model_proto`` is not changed.
     """
     import onnx
     from onnx import numpy_helper
@@ -80,23 +123,41 @@ def count_macs(model_proto) -> tuple[int, int]:
     densify_sparse_initializers(model)
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
+    batch_params = set()
     for value in graph.input:
         if value.name in initializers:
             continue
         dims = value.type.tensor_type.shape.dim
         if len(dims) and not dims[0].HasField("dim_value"):
+            if dims[0].dim_param:
+                batch_params.add(dims[0].dim_param)
             dims[0].dim_value = 1
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001 - shapes missing below are reported as unknown
+    except Exception:  # noqa: BLE001 - shapes missing below are measured by a run
         pass
     shapes: dict[str, tuple[int, ...] | None] = {}
     for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim
-        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
-        shapes[value.name] = None if (not dims or -1 in shape) else shape
+        # the exporter names the batch dimension symbolically in every intermediate shape
+        shape = tuple(d.dim_value if d.HasField("dim_value") else 1 if d.dim_param in batch_params else -1
+                      for d in dims)
+        shapes[value.name] = None if (not value.type.tensor_type.HasField("shape") or -1 in shape) else shape
     for name, init in initializers.items():
         shapes[name] = tuple(int(d) for d in init.dims)
+
+    counted = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") + _RECURRENT]
+    needed = [t for n in counted for t in (list(n.input[:2]) + [n.output[0]]) if t and shapes.get(t) is None]
+    if needed:
+        try:
+            shapes.update(_runtime_shapes(model, needed))
+        except Exception as exc:  # noqa: BLE001 - reported with the node below
+            first = next((n for n in counted if any(shapes.get(t) is None for t in list(n.input[:2]) + [n.output[0]] if t)), None)
+            raise ExportError(
+                f"count_macs(): cannot size {first.op_type} node '{first.name}': its shapes are not static and "
+                f"onnxruntime could not run the graph to measure them ({type(exc).__name__}: {str(exc)[:200]}); "
+                "export with static non-batch shapes."
+            ) from exc
 
     cache: dict[str, tuple[int, int]] = {}
 
@@ -109,7 +170,7 @@ def count_macs(model_proto) -> tuple[int, int]:
         return cache[name]
 
     dense = effective = 0
-    for node in model.graph.node:
+    for node in counted:
         if node.op_type in ("Conv", "ConvTranspose"):
             counts = weight_counts(node.input[1])
             out = shapes.get(node.output[0]) if node.op_type == "Conv" else shapes.get(node.input[0])
@@ -121,7 +182,18 @@ def count_macs(model_proto) -> tuple[int, int]:
             positions = int(np.prod(out[2:])) if len(out) > 2 else 1
             dense += positions * counts[0]
             effective += positions * counts[1]
-        elif node.op_type in ("Gemm", "MatMul"):
+        elif node.op_type in _RECURRENT:
+            w, r, x = weight_counts(node.input[1]), weight_counts(node.input[2]), shapes.get(node.input[0])
+            if w is None or r is None or x is None:
+                raise ExportError(
+                    f"count_macs(): cannot size {node.op_type} node '{node.name}': its weights are not "
+                    "initializers or its input shape is not static."
+                )
+            layout = next((attr.i for attr in node.attribute if attr.name == "layout"), 0)
+            steps = int(x[1] if layout else x[0])
+            dense += steps * (w[0] + r[0])
+            effective += steps * (w[1] + r[1])
+        else:
             a_shape, b_shape, out = shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0])
             if node.op_type == "Gemm":
                 trans_b = next((attr.i for attr in node.attribute if attr.name == "transB"), 0)
@@ -384,7 +456,8 @@ def benchmark_onnx(
         A :class:`BenchmarkReport`; ``str(report)`` is the table.
 
     Raises:
-        ExportError: a missing, corrupt or unloadable ONNX file.
+        ExportError: a missing, corrupt or unloadable ONNX file, or one that onnxruntime
+            cannot run at one of ``batch_sizes`` (the message names the batch size).
         PruningError / PruningTypeError: bad arguments.
     """
     caller = "benchmark_onnx()"
@@ -415,7 +488,7 @@ def benchmark_onnx(
             if isinstance(item, nn.Module):
                 stem = name or type(item).__name__
                 path = Path(tmp) / f"{k}-{''.join(c if c.isalnum() else '_' for c in stem)}.onnx"
-                export_onnx(item, _example_for(item, example_inputs, caller), path)
+                export_onnx(item, _example_for(item, example_inputs, caller), path, progress=progress)
             else:
                 path = check_path(item, caller, must_exist=True)
                 stem = name or path.stem
@@ -467,10 +540,9 @@ def benchmark_onnx(
                 for i, (session, feed) in enumerate(zip(sessions, feeds)):
                     if feed is None:
                         continue
-                    for _ in range(warmup):
-                        outputs = session.run(None, feed)
-                    if warmup == 0:
-                        outputs = session.run(None, feed)
+                    outputs = _run(session, feed, entries[i], batch, caller)
+                    for _ in range(max(warmup - 1, 0)):
+                        session.run(None, feed)
                     if references[i] is not None:
                         _parity(models[i], references[i], feed, outputs, caller)
                     bar.update(warmup)
@@ -517,6 +589,24 @@ def benchmark_onnx(
     if verbose:
         print(report.table())
     return report
+
+
+def _run(session, feed: dict, entry: _Entry, batch: int, caller: str) -> list:
+    """The first run of a model at a batch size: an onnxruntime failure becomes an ExportError."""
+    try:
+        return session.run(None, feed)
+    except Exception as exc:
+        import onnxruntime as ort
+
+        shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in feed.items())
+        raise ExportError(
+            f"{caller}: onnxruntime {ort.__version__} cannot run '{entry.name}' ({entry.path.name}) at batch "
+            f"size {batch} (inputs {shapes}): {_first_line(exc)}. The file declares a dynamic batch "
+            "dimension, but an operation inside the graph fixes the batch size (a graph traced at batch 1 "
+            "often does). Export it again with synflow_plugin.export.export_onnx(), which traces at batch 2 "
+            "and verifies a second batch size, or export it with dynamic_batch=False and benchmark "
+            "only its batch size."
+        ) from exc
 
 
 def _parity(model_row: dict, reference: nn.Module, feed: dict, outputs: list, caller: str) -> None:

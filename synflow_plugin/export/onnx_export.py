@@ -3,11 +3,14 @@
 :func:`export_onnx` runs the whole pipeline on a copy of the model:
 
 1. masks made permanent (``torch.nn.utils.prune`` hooks removed, NNI ``masks=`` applied);
-2. all-zero channels removed (:func:`~synflow_plugin.export.compact_channels`);
-3. ``torch.onnx.export`` with the dynamo exporter, batch dimension dynamic, eval mode
-   (BatchNorm is folded into the convolutions by the exporter's optimiser);
+2. all-zero channels removed where possible (:func:`~synflow_plugin.export.compact_channels`;
+   what cannot be removed is kept and named in a ``CompactionWarning``);
+3. ``torch.onnx.export`` with the dynamo exporter, batch dimension dynamic (traced at
+   batch 2 or more), eval mode (BatchNorm is folded into the convolutions by the
+   exporter's optimiser);
 4. optionally, sparse weights stored as ONNX ``sparse_initializer`` s (COO);
-5. ``onnx.checker`` and ONNX Runtime outputs compared with torch's on the example inputs.
+5. ``onnx.checker`` and ONNX Runtime outputs compared with torch's on the example inputs
+   and, with a dynamic batch, on a batch of one more sample.
 
 The file is written into a temporary directory beside ``path`` and renamed into
 place only after it passed every check, so a failure leaves no file behind and an
@@ -37,6 +40,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.export._common import (
@@ -49,7 +53,7 @@ from synflow_plugin.export._common import (
     require_onnx,
     require_torch_pruning,
 )
-from synflow_plugin.export.compact import _WEIGHTED, channel_counts, compact_channels
+from synflow_plugin.export.compact import _WEIGHTED, _compact, channel_counts
 from synflow_plugin.permanent import make_permanent
 
 __all__ = [
@@ -84,6 +88,13 @@ class ExportResult:
         external_data: the side file, or None (the normal case: one self-contained file).
         opset: the default-domain opset of the graph; ``ir_version`` its IR version.
         removed_channels: ``{layer name: (channels before, after)}`` for compacted layers.
+        kept_channels: ``{layer name: reason}`` for layers whose all-zero channels were
+            kept (exported as zeros; also given in a :class:`CompactionWarning`).
+        dynamic_batch: whether the first dimension of every input is dynamic.
+        verified_batch_sizes: the batch sizes at which ONNX Runtime was compared with
+            torch (the example's and one more with a dynamic batch; empty without
+            ``verify``). The file's ``metadata_props`` record both facts
+            (``synflow_plugin.batch`` and ``synflow_plugin.verified_batch_sizes``).
         sparse_initializers: names of the weights stored as COO sparse tensors.
         max_abs_diff / max_rel_diff: ONNX Runtime vs torch on the example inputs
             (relative = divided by the largest output magnitude); None if not verified.
@@ -98,6 +109,9 @@ class ExportResult:
     sparse_initializers: list[str] = field(default_factory=list)
     max_abs_diff: float | None = None
     max_rel_diff: float | None = None
+    kept_channels: dict[str, str] = field(default_factory=dict)
+    dynamic_batch: bool = True
+    verified_batch_sizes: tuple[int, ...] = ()
 
     def __str__(self) -> str:
         parts = [f"{self.path} ({self.file_bytes / 1e6:.2f} MB, opset {self.opset}, IR {self.ir_version})"]
@@ -105,8 +119,15 @@ class ExportResult:
             before = sum(b for b, _ in self.removed_channels.values())
             after = sum(a for _, a in self.removed_channels.values())
             parts.append(f"{len(self.removed_channels)} layers compacted ({before} -> {after} channels)")
+        if self.kept_channels:
+            parts.append(f"{len(self.kept_channels)} layers keep zero channels (see kept_channels)")
         if self.sparse_initializers:
             parts.append(f"{len(self.sparse_initializers)} sparse initializers")
+        batches = " and ".join(str(b) for b in self.verified_batch_sizes)
+        if self.dynamic_batch:
+            parts.append("dynamic batch" + (f" (verified at batch {batches})" if batches else ""))
+        else:
+            parts.append(f"batch fixed at {batches or 'the example size'}")
         if self.max_abs_diff is not None:
             parts.append(f"onnxruntime vs torch: max abs diff {self.max_abs_diff:.3g} (relative {self.max_rel_diff:.3g})")
         return "; ".join(parts)
@@ -213,6 +234,8 @@ def _quiet_exporter():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
+            # torch.export's note on every nn.RNN/LSTM/GRU (it refreshes a weight list in forward)
+            warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights", category=UserWarning)
             yield collect.records
     finally:
         logger.setLevel(level)
@@ -529,6 +552,7 @@ def export_onnx(
     overwrite: bool = False,
     dynamic_batch: bool = True,
     opset_version: int | None = None,
+    progress: bool | None = None,
 ) -> ExportResult:
     """Export a pruned model to one ONNX file that ONNX Runtime runs, and check it.
 
@@ -542,27 +566,40 @@ def export_onnx(
             as ``masks``; a model pruned by torch-pruning needs nothing more.
         example_inputs: a tensor or tuple of tensors ``model`` accepts; they fix the
             input shapes (the batch dimension stays dynamic) and serve for verification.
+            With batch size 1 the graph is traced on a batch of 2 (the example plus one
+            sample), where torch.export would otherwise take the batch for a constant.
         path: the ``.onnx`` file to write; its directory must exist.
         masks: NNI masks ``{module_name: {"weight": mask, "bias": mask_or_None}}``
             (call ``pruner.unwrap_model()`` before exporting).
         compact: remove output channels that are exactly zero (:func:`compact_channels`,
             needs torch-pruning): the way structured pruning turns into speed. ``None``
-            (default) compacts when torch-pruning is installed.
+            (default): compact where possible, when torch-pruning is installed: zero
+            channels that cannot be removed (attention heads, layers torch-pruning cannot
+            map, a model it cannot trace) are kept and named, with the reason, in one
+            :class:`~synflow_plugin.export.CompactionWarning` and in
+            ``ExportResult.kept_channels``; the export goes on. ``True``: those are an
+            :class:`ExportError` naming each layer. ``False``: no compaction.
         sparse_initializers: store weights that are sparse enough as ONNX
             ``sparse_initializer`` (COO): ~0.3x the file size at 90% sparsity. Speed
             is unchanged: ONNX Runtime densifies them on load.
         verify: run ``onnx.checker`` and compare ONNX Runtime with torch on
-            ``example_inputs``; a difference above ``rtol`` is an error.
+            ``example_inputs`` and, with a dynamic batch, on a batch of one more sample
+            (the example plus its first sample rolled by one along the last axis); a
+            failure or a difference above ``rtol`` at either is an error.
         rtol: allowed ``max|onnxruntime - torch| / max|torch|``.
         overwrite: replace an existing file (refused by default).
         dynamic_batch: make the first dimension of every input dynamic (default), so
-            one file serves any batch size; False fixes the example's shapes.
+            one file serves any batch size (verified at two); False fixes the example's
+            shapes. The file's metadata (``synflow_plugin.batch``: ``dynamic`` or
+            ``static: <n>``) and :attr:`ExportResult.dynamic_batch` say which.
         opset_version: ONNX opset, an int in :func:`opset_range` (7 to 28 with onnx 1.23); ``None``
             uses the exporter's default (20 with torch 2.13). The file has exactly this
             opset or is not written: torch.onnx builds the graph at opset 18 or later and
             converts it, and where the conversion fails (below 18 it does for some
             operators) torch.onnx would keep the graph at 18 without a word; here that is
             an :class:`ExportError`.
+        progress: a tqdm bar over the steps (masks, compaction, export, verification,
+            writing); ``None`` (default): only on a terminal.
 
     Returns:
         An :class:`ExportResult` (path, size, compacted layers, sparse initializers,
@@ -572,8 +609,9 @@ def export_onnx(
         PruningTypeError: an argument of the wrong type.
         PruningError: a bad path, an existing file without ``overwrite=True``, masks
             that do not fit, an ``opset_version`` outside :func:`opset_range`.
-        ExportError: the model cannot be exported, not at the requested opset, or fails
-            verification (the cause is chained). No file is left behind on any error,
+        ExportError: the model cannot be exported, not at the requested opset, fails
+            verification (the cause is chained; at the second batch size it names both),
+            or, with ``compact=True``, has zero channels that cannot be removed. No file is left behind on any error,
             and the temporary directory a killed export left beside ``path`` is
             removed by the next export to ``path`` (:func:`remove_stale_temporaries`).
         ImportError: onnx, onnxruntime or onnxscript missing (extra ``[onnx]``), or
@@ -603,57 +641,124 @@ def export_onnx(
         )
     onnx, ort = require_onnx(caller)
     _check_opset(opset_version, caller)
+    if progress is not None and not isinstance(progress, bool):
+        raise PruningTypeError(f"{caller}: progress should be True, False or None (a terminal only), got {progress!r}")
     if compact is True:
         require_torch_pruning(caller)
     check_nni_unwrapped(model, caller)
 
+    bar = tqdm(total=len(_STAGES), desc=f"export {type(model).__name__}", unit="step", leave=False,
+               disable=None if progress is None else not progress)
+    try:
+        return _export(model, inputs, path, masks, compact, sparse_initializers, verify, rtol, overwrite,
+                       dynamic_batch, opset_version, onnx, ort, caller, bar)
+    finally:
+        bar.close()
+
+
+_STAGES = ("permanent masks", "compaction", "torch.onnx export", "verification", "writing")
+
+
+def _stage(bar, k: int) -> None:
+    if k:
+        bar.update(1)
+    bar.set_postfix_str(_STAGES[k], refresh=True)
+
+
+def _batched(inputs: tuple) -> list[torch.Tensor]:
+    return [t for t in inputs if t.dim() >= 1]
+
+
+def _one_more_sample(inputs: tuple) -> tuple:
+    """``inputs`` with one more sample: the first one, rolled by one along its last axis.
+
+    Rolling keeps every value of the example (token ids stay valid ids) but makes the
+    new sample differ from the others, so a graph that mixes up samples is caught.
+    """
+    return tuple(torch.cat([t, t[:1].roll(1, dims=-1)]) if t.dim() >= 1 else t for t in inputs)
+
+
+def _export(model, inputs, path, masks, compact, sparse_initializers, verify, rtol, overwrite,
+            dynamic_batch, opset_version, onnx, ort, caller, bar) -> ExportResult:
+    model_name = type(model).__name__
     # 1. permanent masks, on a copy
+    _stage(bar, 0)
     plain = make_permanent(model, masks=masks)
     plain.eval()
-    try:
-        with torch.no_grad():
-            expected = [t.detach().cpu().numpy() for t in output_leaves(plain(*inputs), caller)]
-    except PruningError:
-        raise
-    except Exception as exc:
-        raise ExportError(
-            f"{caller}: the {type(model).__name__} model does not run on example_inputs "
-            f"({type(exc).__name__}: {_first_line(exc)}); pass inputs model(*example_inputs) accepts."
-        ) from exc
+
+    def run_torch(args, what):
+        try:
+            with torch.no_grad():
+                return [t.detach().cpu().numpy() for t in output_leaves(plain(*args), caller)]
+        except PruningError:
+            raise
+        except Exception as exc:
+            raise ExportError(
+                f"{caller}: the {model_name} model does not run on {what} "
+                f"({type(exc).__name__}: {_first_line(exc)}); pass inputs model(*example_inputs) accepts"
+                + (", or dynamic_batch=False if it takes one batch size only." if what != "example_inputs" else ".")
+            ) from exc
+
+    expected = run_torch(inputs, "example_inputs")
     if verify and not all(np.isfinite(e).all() for e in expected if np.issubdtype(e.dtype, np.floating)):
         raise ExportError(
-            f"{caller}: the {type(model).__name__} model returns NaN or inf on example_inputs, "
+            f"{caller}: the {model_name} model returns NaN or inf on example_inputs, "
             "so the export cannot be verified; check the weights (or pass verify=False)."
         )
+    # a dynamic batch is checked at a second batch size; traced at batch 2 rather than 1,
+    # where torch.export may treat the batch dimension as the constant 1 inside the graph
+    batch = _batched(inputs)[0].shape[0] if _batched(inputs) else None
+    checks: list[tuple[tuple, list[np.ndarray]]] = [(inputs, expected)]
+    trace_inputs = inputs
+    if dynamic_batch and batch is not None:
+        more = _one_more_sample(inputs)
+        if verify:
+            checks.append((more, run_torch(more, f"a batch of {batch + 1} (the example plus one sample)")))
+        if all(t.shape[0] == 1 for t in _batched(inputs)):
+            trace_inputs = more
 
     # 2. compaction
+    _stage(bar, 1)
     removed: dict[str, tuple[int, int]] = {}
+    kept: dict[str, str] = {}
     exported = plain
     if _resolve_compact(compact, plain, caller):
-        exported = compact_channels(plain, inputs, rtol=rtol)
+        from synflow_plugin.permanent import copy_model
+
+        exported, kept = _compact(plain, inputs, [], rtol, compact is True, caller, copy_model(plain, caller))
         before, after = channel_counts(plain), channel_counts(exported)
         removed = {n: (before[n], after[n]) for n in before if after.get(n, before[n]) != before[n]}
 
     # 3. export
+    _stage(bar, 2)
     try:
         with torch.no_grad():
-            model_proto, notes = _torch_export(exported, inputs, opset_version, dynamic_batch)
+            model_proto, notes = _torch_export(exported, trace_inputs, opset_version, dynamic_batch)
     except Exception as exc:
         hint = " (or pass dynamic_batch=False if the model fixes its batch size)" if dynamic_batch else ""
+        if "cache_utils" in str(exc) or "Cache'>" in str(exc):
+            hint += ("; a Hugging Face model that returns its key/value cache cannot be exported: "
+                     "build it with use_cache=False")
         raise ExportError(
-            f"{caller}: the {type(model).__name__} model could not be exported to ONNX by torch.onnx "
+            f"{caller}: the {model_name} model could not be exported to ONNX by torch.onnx "
             f"(dynamo exporter): {type(exc).__name__}: {_first_line(exc)}. The model must be traceable "
             f"by torch.export: no data-dependent Python control flow, only tensor inputs{hint}. "
             "The full error is chained below."
         ) from exc
     opset = next((o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset_version is not None and opset != opset_version:
-        raise _opset_mismatch(opset_version, opset, notes, type(model).__name__, caller)
+        raise _opset_mismatch(opset_version, opset, notes, model_name, caller)
     for note in notes:  # a node left at its old version under the new opset stamp
         if note.name.endswith("._version_converter"):
-            warnings.warn(f"{caller}: converting to opset {opset}: {note.getMessage()}", UserWarning, stacklevel=2)
+            warnings.warn(f"{caller}: converting to opset {opset}: {note.getMessage()}", UserWarning, stacklevel=3)
     _fix_ir_version(onnx, model_proto)
     sparse_names = to_sparse_initializers(model_proto) if sparse_initializers else []
+    verified = tuple(int(_batched(args)[0].shape[0]) for args, _ in checks) if verify and batch is not None else ()
+    _set_metadata(onnx, model_proto, {
+        "synflow_plugin.batch": "dynamic" if dynamic_batch and batch is not None else
+                                f"static: {batch}" if batch is not None else "none",
+        "synflow_plugin.verified_batch_sizes": ",".join(str(b) for b in verified),
+    })
 
     # 4. write into a private directory beside `path`, check, rename into place
     ir_version = model_proto.ir_version
@@ -682,41 +787,71 @@ def export_onnx(
             _fsync(written)
         del model_proto
         diff = rel = None
+        _stage(bar, 3)
         if verify:
-            diff, rel = _verify(onnx, ort, tmp_file, inputs, expected, rtol, caller, type(model).__name__)
+            diff, rel = _verify(onnx, ort, tmp_file, checks, rtol, caller, model_name)
+        _stage(bar, 4)
         size = tmp_file.stat().st_size + ((tmp_dir / data_path.name).stat().st_size if external else 0)
         _place(tmp_file, tmp_dir / data_path.name if external else None, path, data_path, overwrite, caller)
+        bar.update(1)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return ExportResult(
         path=path, file_bytes=size, opset=opset, ir_version=ir_version, external_data=data_path,
         removed_channels=removed, sparse_initializers=sparse_names, max_abs_diff=diff, max_rel_diff=rel,
+        kept_channels=kept, dynamic_batch=bool(dynamic_batch and batch is not None), verified_batch_sizes=verified,
     )
 
 
-def _verify(onnx, ort, file: Path, inputs, expected, rtol, caller, model_name) -> tuple[float, float]:
+def _set_metadata(onnx, model_proto, entries: dict[str, str]) -> None:
+    for key, value in entries.items():
+        for prop in model_proto.metadata_props:
+            if prop.key == key:
+                prop.value = value
+                break
+        else:
+            model_proto.metadata_props.add(key=key, value=value)
+
+
+def _verify(onnx, ort, file: Path, checks, rtol, caller, model_name) -> tuple[float, float]:
+    """``onnx.checker``, then ONNX Runtime vs torch on every ``(inputs, expected)`` of ``checks``."""
     try:
         onnx.checker.check_model(str(file))
     except Exception as exc:
         raise ExportError(f"{caller}: the exported graph of {model_name} fails onnx.checker: {_first_line(exc)}") from exc
     try:
         session = _session(ort, file)
-        actual = _run_onnxruntime(session, inputs)
-    except PruningError:
-        raise
     except Exception as exc:
         raise ExportError(
-            f"{caller}: onnxruntime {ort.__version__} cannot run the exported {model_name}: {_first_line(exc)}"
+            f"{caller}: onnxruntime {ort.__version__} cannot load the exported {model_name}: {_first_line(exc)}"
         ) from exc
-    if len(actual) != len(expected):
-        raise ExportError(
-            f"{caller}: the ONNX model of {model_name} returns {len(actual)} outputs, torch {len(expected)}."
-        )
-    diff, rel = relative_difference(actual, expected)
-    if not rel <= rtol:
-        raise ExportError(
-            f"{caller}: onnxruntime and torch disagree on the exported {model_name}: max abs difference "
-            f"{diff:.3g}, relative {rel:.3g} > rtol={rtol:g}. Nothing was written. Pass a larger rtol "
-            "if this is float rounding, or verify=False to skip the check."
-        )
+    diff = rel = 0.0
+    for k, (inputs, expected) in enumerate(checks):
+        batch = next((int(t.shape[0]) for t in inputs if t.dim() >= 1), None)
+        where = "" if k == 0 else f" at batch {batch} (the example has {int(_batched(checks[0][0])[0].shape[0])})"
+        fix = ("" if k == 0 else
+               " The graph fixes the batch size somewhere although the batch dimension was declared dynamic."
+               " Pass dynamic_batch=False to export a file for the example's batch size "
+               "only (its metadata says so), or change the model so that no operation depends on the batch size.")
+        try:
+            actual = _run_onnxruntime(session, inputs)
+        except PruningError:
+            raise
+        except Exception as exc:
+            raise ExportError(
+                f"{caller}: onnxruntime {ort.__version__} cannot run the exported {model_name}{where}: "
+                f"{_first_line(exc)}. Nothing was written.{fix}"
+            ) from exc
+        if len(actual) != len(expected):
+            raise ExportError(
+                f"{caller}: the ONNX model of {model_name} returns {len(actual)} outputs, torch {len(expected)}."
+            )
+        d, r = relative_difference(actual, expected)
+        if not r <= rtol:
+            raise ExportError(
+                f"{caller}: onnxruntime and torch disagree on the exported {model_name}{where}: max abs difference "
+                f"{d:.3g}, relative {r:.3g} > rtol={rtol:g}. Nothing was written."
+                + (fix if k else " Pass a larger rtol if this is float rounding, or verify=False to skip the check.")
+            )
+        diff, rel = max(diff, d), max(rel, r)
     return diff, rel

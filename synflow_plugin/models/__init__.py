@@ -6,7 +6,11 @@ and of its published code (https://github.com/ganguli-lab/Synaptic-Flow):
 
 * ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19`` and their ``_bn`` variants (CIFAR VGGs);
 * ``resnet20``, ``resnet32``, ``resnet44``, ``resnet56`` (CIFAR ResNets),
-  ``resnet18`` and ``wide_resnet18``;
+  ``resnet18`` and ``wide_resnet18`` (CIFAR variants: 3x3 stem, no max-pool, made
+  for 32x32 inputs; at 224x224 ResNet-18 costs 27.2 GMACs);
+* ``resnet18_imagenet``, ``resnet50_imagenet``: ImageNet ResNets with torchvision's
+  layer shapes (7x7 stride-2 stem + max-pool) for 224x224 inputs, 1.81 and 4.09
+  GMACs; their defaults are 1000 classes and ``input_shape=(3, 224, 224)``;
 * ``mlp`` (fully connected) and ``conv`` (small Conv1d/Conv2d net) for MNIST-like data.
 
 Every Conv and Linear weight is kaiming-normal (fan_in, relu), every bias zero and
@@ -28,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any, Callable, Sequence
 
 from torch import nn
@@ -38,12 +43,15 @@ from synflow_plugin.models.convnet import ConvNet, conv
 from synflow_plugin.models.mlp import MLP, mlp
 from synflow_plugin.models.resnet import (
     BasicBlock,
+    Bottleneck,
     ResNet,
     resnet18,
     resnet20,
     resnet32,
     resnet44,
     resnet56,
+    resnet18_imagenet,
+    resnet50_imagenet,
     wide_resnet18,
 )
 from synflow_plugin.models.vgg import (
@@ -64,6 +72,7 @@ __all__ = [
     "MODELS",
     "create_model",
     "list_models",
+    "model_summaries",
     # initialisation
     "initialize_weights",
     # model classes
@@ -71,6 +80,7 @@ __all__ = [
     "VGG_PLANS",
     "ResNet",
     "BasicBlock",
+    "Bottleneck",
     "MLP",
     "ConvNet",
     # factories
@@ -88,12 +98,15 @@ __all__ = [
     "resnet56",
     "resnet18",
     "wide_resnet18",
+    "resnet18_imagenet",
+    "resnet50_imagenet",
     "mlp",
     "conv",
 ]
 
 #: Name -> factory, in a fixed order. Every factory takes keyword-only
 #: ``num_classes`` and ``input_shape`` plus family-specific options.
+#: ``resnet18`` is the CIFAR variant; ``resnet18_imagenet`` the 224x224 one.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg11": vgg11,
     "vgg11_bn": vgg11_bn,
@@ -109,6 +122,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet56": resnet56,
     "resnet18": resnet18,
     "wide_resnet18": wide_resnet18,
+    "resnet18_imagenet": resnet18_imagenet,
+    "resnet50_imagenet": resnet50_imagenet,
     "mlp": mlp,
     "conv": conv,
 }
@@ -123,20 +138,41 @@ def list_models() -> list[str]:
     return list(MODELS)
 
 
+def model_summaries() -> dict[str, str]:
+    """One line per model of :func:`list_models`: what it is and what input it is made for.
+
+    The first paragraph of each factory's docstring, on one line (``synflow-plugin list``
+    can print it beside the name).
+
+    Example:
+        >>> model_summaries()["resnet18_imagenet"]
+        "ResNet-18 for ImageNet-sized 224x224 inputs, torchvision's layer shapes: 1.81 GMACs."
+    """
+    summaries = {}
+    for name, factory in MODELS.items():
+        first = (factory.__doc__ or "").strip().split("\n\n")[0]
+        plain = re.sub(r":\w+:`~?([^`]+)`", r"\1", first)  # :func:`resnet18` -> resnet18
+        summaries[name] = " ".join(plain.split())
+    return summaries
+
+
 def create_model(
     name: str,
     *,
-    num_classes: int = 10,
-    input_shape: Sequence[int] = (3, 32, 32),
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a model of the zoo by name, initialised as in the SynFlow paper.
 
     Args:
         name: a name from :func:`list_models`, e.g. ``"vgg16_bn"`` (case-insensitive).
-        num_classes: number of outputs of the classifier.
+        num_classes: number of outputs of the classifier; ``None``: the model's default
+            (10, and 1000 for the ``*_imagenet`` ResNets).
         input_shape: shape of one sample without the batch dimension, e.g.
-            ``(3, 32, 32)`` for CIFAR, ``(1, 28, 28)`` for MNIST, ``(1, 40)`` for MNIST-1D.
+            ``(3, 32, 32)`` for CIFAR, ``(1, 28, 28)`` for MNIST, ``(1, 40)`` for MNIST-1D;
+            ``None``: the model's default (``(3, 32, 32)``, and ``(3, 224, 224)`` for
+            the ``*_imagenet`` ResNets).
         **kwargs: family options: ``width_multiplier`` for VGGs and ResNets,
             ``zero_init_residual`` for ResNets, ``depth`` and ``width`` for ``mlp`` and
             ``conv``, ``bias`` for ``mlp``.
@@ -176,4 +212,8 @@ def create_model(
             f"model {name!r} does not take option(s) {', '.join(unknown)}; "
             f"its options are: {options} (plus num_classes and input_shape)"
         )
-    return factory(num_classes=num_classes, input_shape=input_shape, **kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if input_shape is not None:
+        kwargs["input_shape"] = input_shape
+    return factory(**kwargs)

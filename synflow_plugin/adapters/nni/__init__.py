@@ -106,8 +106,11 @@ from __future__ import annotations
 
 from synflow_plugin.adapters.nni.config import CONFIG_KEYS, GRANULARITIES
 from synflow_plugin.adapters.nni.pruners import (
+    EvaluatorTraining,
     FORCEPruner,
+    GemMinerPruner,
     GraSPPruner,
+    IMPPruner,
     IterSNIPPruner,
     MagnitudePruner,
     PaIPruner,
@@ -128,6 +131,9 @@ __all__ = [
     "SynFlowPruner",
     "IterSNIPPruner",
     "FORCEPruner",
+    "GemMinerPruner",
+    "IMPPruner",
+    "EvaluatorTraining",
     "get_pruner",
     # from masks to a model
     "complete_masks",

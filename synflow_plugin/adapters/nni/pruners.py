@@ -45,6 +45,9 @@ __all__ = [
     "SynFlowPruner",
     "IterSNIPPruner",
     "FORCEPruner",
+    "GemMinerPruner",
+    "IMPPruner",
+    "EvaluatorTraining",
     "get_pruner",
 ]
 
@@ -95,6 +98,7 @@ class PaIPruner(Pruner):
         schedule: str = "exponential",
         progress: bool | None = None,
         existed_wrappers: dict[str, ModuleWrapper] | None = None,
+        process_group: Any = None,
         **options: Any,
     ) -> None:
         caller = type(self).__name__
@@ -128,7 +132,7 @@ class PaIPruner(Pruner):
             raise PruningError(f"{caller}: num_batches={num_batches!r} should be a positive int")
         self._request = ScoringRequest.build(
             criterion, example_inputs=dummy_input, loss_fn=loss_fn, iterations=iterations, schedule=schedule,
-            progress=progress, caller=caller, data_later=True)
+            progress=progress, caller=caller, data_later=True, process_group=process_group)
         if existed_wrappers is None:
             wrapped = [name or "the model" for name, m in model.named_modules() if hasattr(m, "_nni_wrapper")]
             if wrapped:
@@ -411,9 +415,9 @@ class RandomPruner(PaIPruner):
 
     def __init__(self, model: nn.Module, config_list: list[dict], evaluator: Evaluator | None = None, *,
                  seed: int | None = None, progress: bool | None = None,
-                 existed_wrappers: dict[str, ModuleWrapper] | None = None) -> None:
+                 existed_wrappers: dict[str, ModuleWrapper] | None = None, process_group: Any = None) -> None:
         super().__init__(model, config_list, evaluator, seed=seed, progress=progress,
-                         existed_wrappers=existed_wrappers)
+                         existed_wrappers=existed_wrappers, process_group=process_group)
 
 
 class MagnitudePruner(PaIPruner):
@@ -424,8 +428,10 @@ class MagnitudePruner(PaIPruner):
     criterion = "magnitude"
 
     def __init__(self, model: nn.Module, config_list: list[dict], evaluator: Evaluator | None = None, *,
-                 progress: bool | None = None, existed_wrappers: dict[str, ModuleWrapper] | None = None) -> None:
-        super().__init__(model, config_list, evaluator, progress=progress, existed_wrappers=existed_wrappers)
+                 progress: bool | None = None, existed_wrappers: dict[str, ModuleWrapper] | None = None,
+                 process_group: Any = None) -> None:
+        super().__init__(model, config_list, evaluator, progress=progress, existed_wrappers=existed_wrappers,
+                         process_group=process_group)
 
 
 class SynFlowPruner(PaIPruner):
@@ -437,6 +443,7 @@ class SynFlowPruner(PaIPruner):
             ``evaluator.get_dummy_input()`` when not given.
         iterations: rounds (default 100); ``schedule``: ``"exponential"`` or ``"linear"``.
         batchnorm: ``"eval"`` (the paper) or ``"identity"`` (see :class:`~synflow_plugin.criteria.SynFlowCriterion`).
+        power: 1 (SynFlow) or 2 (SynFlow-L2, θ² everywhere).
 
     >>> model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
     >>> config_list = [{"op_types": ["Linear"], "sparse_ratio": 0.9, "global_group_id": 0}]
@@ -449,12 +456,12 @@ class SynFlowPruner(PaIPruner):
     criterion = "synflow"
 
     def __init__(self, model: nn.Module, config_list: list[dict], dummy_input: Any = None, *,
-                 iterations: int | None = None, schedule: str = "exponential", batchnorm: str = "eval",
+                 iterations: int | None = None, schedule: str = "exponential", batchnorm: str = "eval", power: int = 1,
                  evaluator: Evaluator | None = None, progress: bool | None = None,
-                 existed_wrappers: dict[str, ModuleWrapper] | None = None) -> None:
+                 existed_wrappers: dict[str, ModuleWrapper] | None = None, process_group: Any = None) -> None:
         super().__init__(model, config_list, evaluator, dummy_input=dummy_input, iterations=iterations,
-                         schedule=schedule, batchnorm=batchnorm, progress=progress,
-                         existed_wrappers=existed_wrappers)
+                         schedule=schedule, batchnorm=batchnorm, power=power, progress=progress,
+                         existed_wrappers=existed_wrappers, process_group=process_group)
 
 
 class _DataPruner(PaIPruner):
@@ -488,9 +495,10 @@ class GraSPPruner(_DataPruner):
 
     def __init__(self, model: nn.Module, config_list: list[dict], evaluator: Evaluator | None = None,
                  num_batches: int = 1, *, loss_fn: Callable | None = None, temperature: float = 200.0,
-                 progress: bool | None = None, existed_wrappers: dict[str, ModuleWrapper] | None = None) -> None:
+                 progress: bool | None = None, existed_wrappers: dict[str, ModuleWrapper] | None = None,
+                 process_group: Any = None) -> None:
         super().__init__(model, config_list, evaluator, num_batches, loss_fn=loss_fn, temperature=temperature,
-                         progress=progress, existed_wrappers=existed_wrappers)
+                         progress=progress, existed_wrappers=existed_wrappers, process_group=process_group)
 
 
 class IterSNIPPruner(_DataPruner):
@@ -502,9 +510,10 @@ class IterSNIPPruner(_DataPruner):
     def __init__(self, model: nn.Module, config_list: list[dict], evaluator: Evaluator | None = None,
                  num_batches: int = 1, *, loss_fn: Callable | None = None, iterations: int | None = None,
                  schedule: str = "exponential", progress: bool | None = None,
-                 existed_wrappers: dict[str, ModuleWrapper] | None = None) -> None:
+                 existed_wrappers: dict[str, ModuleWrapper] | None = None, process_group: Any = None) -> None:
         super().__init__(model, config_list, evaluator, num_batches, loss_fn=loss_fn, iterations=iterations,
-                         schedule=schedule, progress=progress, existed_wrappers=existed_wrappers)
+                         schedule=schedule, progress=progress, existed_wrappers=existed_wrappers,
+                         process_group=process_group)
 
 
 class FORCEPruner(IterSNIPPruner):
@@ -512,6 +521,109 @@ class FORCEPruner(IterSNIPPruner):
     round may come back; ``iterations`` rounds (default 10); batches from ``evaluator``."""
 
     criterion = "force"
+
+
+class GemMinerPruner(_DataPruner):
+    """GemMiner (Sreenivasan et al., NeurIPS 2022, https://arxiv.org/abs/2202.12002): scores
+    trained with the weights frozen through the mask 1[s > 0.5], the lowest-scoring
+    survivors flagged off every ``epochs`` epochs (see
+    :class:`~synflow_plugin.criteria.GemMinerCriterion`).
+
+    The scores train on the first ``num_batches`` batches of ``evaluator``'s training
+    step, read once and held (one "epoch" is one pass over them): pass the number of
+    batches of an epoch of your loader, e.g. ``num_batches=len(train_loader)``.
+
+    Args:
+        evaluator: an NNI ``TorchEvaluator`` whose ``training_step(batch, model)`` gets
+            ``batch = (inputs, targets)``.
+        num_batches: batches read (default 1).
+        iterations: rounds (default 29); ``epochs``: epochs per round (default 5).
+        **options: the criterion's options (``lr``, ``optimizer``, ``momentum``, ``lmbda``,
+            ``lr_schedule``, ``threshold``, ``init``, ``batchnorm``, ``train_mode``, ``seed``).
+    """
+
+    criterion = "gemminer"
+
+
+class EvaluatorTraining:
+    """``train_fn(model)`` from an NNI evaluator: binds ``model`` (its optimizers and
+    schedulers are built anew for it, from the evaluator's traced ones), runs the
+    evaluator's training function for ``max_steps`` / ``max_epochs``, and unbinds it."""
+
+    def __init__(self, evaluator: Evaluator, max_steps: int | None = None, max_epochs: int | None = None) -> None:
+        for key, value in (("max_steps", max_steps), ("max_epochs", max_epochs)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise PruningError(f"IMPPruner: {key}={value!r} should be a positive int or None")
+        self.evaluator, self.max_steps, self.max_epochs = evaluator, max_steps, max_epochs
+        func = getattr(evaluator, "training_func", None)
+        self.__qualname__ = f"(the evaluator's training_func {getattr(func, '__qualname__', type(func).__name__)})"
+
+    def __call__(self, model: nn.Module) -> None:
+        self.evaluator.bind_model(model, None)
+        try:
+            self.evaluator.train(max_steps=self.max_steps, max_epochs=self.max_epochs)
+        finally:
+            self.evaluator.unbind_model()
+
+
+class IMPPruner(PaIPruner):
+    """IMP, the lottery-ticket procedure with rewinding (Frankle & Carbin, ICLR 2019,
+    https://arxiv.org/abs/1803.03635; Frankle et al. 2020): train, prune ``rate`` of the
+    survivors by trained magnitude, rewind, for ``levels`` levels (see
+    :class:`~synflow_plugin.criteria.IMPCriterion`).
+
+    Each level trains a copy of the model with ``evaluator``'s training function (NNI's
+    ``TorchEvaluator``: its optimizers are rebuilt for the copy, as NNI's movement and
+    Taylor pruners train through it), for ``max_steps`` / ``max_epochs``; or with
+    ``train_fn(model)`` when given. The pruned weights stay zero during that training.
+
+    Args:
+        evaluator: a ``TorchEvaluator`` whose ``training_func`` trains the model it is given.
+        levels, rate, rewind_step: as for :class:`~synflow_plugin.criteria.IMPCriterion`.
+        max_steps, max_epochs: passed to ``evaluator.train`` (None: the training function's own).
+        train_fn: instead of the evaluator, a ``train_fn(model)`` that trains in place.
+
+    With ``rewind_step > 0``, :attr:`rewound_state` holds the rewound weights (plain
+    parameter names) after ``compress()``; the model's own weights are not changed.
+    """
+
+    criterion = "imp"
+
+    def __init__(self, model: nn.Module, config_list: list[dict], evaluator: Evaluator | None = None, *,
+                 levels: int | None = None, rate: float | None = None, rewind_step: int = 0,
+                 max_steps: int | None = None, max_epochs: int | None = None,
+                 train_fn: Callable[[nn.Module], Any] | None = None, progress: bool | None = None,
+                 existed_wrappers: dict[str, ModuleWrapper] | None = None, process_group: Any = None) -> None:
+        if train_fn is None:
+            if evaluator is None:
+                raise PruningError(
+                    "IMPPruner trains the network at every level: pass evaluator=TorchEvaluator(training_func, "
+                    "optimizers, training_step), whose training_func trains the model it is given, or "
+                    "train_fn=<train_fn(model) that trains it in place>."
+                )
+            if not isinstance(evaluator, Evaluator):
+                raise PruningTypeError(
+                    f"IMPPruner: evaluator should be an NNI Evaluator such as nni.compression.TorchEvaluator, "
+                    f"got {type(evaluator).__name__}"
+                )
+            train_fn = EvaluatorTraining(evaluator, max_steps, max_epochs)
+        elif max_steps is not None or max_epochs is not None:
+            raise PruningError("IMPPruner: max_steps/max_epochs go to the evaluator's training; with train_fn= "
+                               "your function decides how long it trains: drop them.")
+        super().__init__(model, config_list, evaluator, levels=levels, rate=rate, rewind_step=rewind_step,
+                         train_fn=train_fn, progress=progress, existed_wrappers=existed_wrappers,
+                         process_group=process_group)
+
+    @property
+    def rewound_state(self) -> dict[str, torch.Tensor] | None:
+        """The weights after ``rewind_step`` optimizer steps of the first level (after
+        ``compress()``, with ``rewind_step > 0``), keyed by plain parameter names."""
+        return self._request.criterion.rewound_state
+
+    @property
+    def history(self) -> list[dict]:
+        """Seconds and starting weights of each level of the last ``compress()``."""
+        return self._request.criterion.history
 
 
 _BUILT_IN: dict[str, type[PaIPruner]] = {}
@@ -529,7 +641,8 @@ def get_pruner(name: str) -> type[PaIPruner]:
     criterion = get_criterion(name)  # unknown names: the registry's error, listing the valid ones
     if not _BUILT_IN:
         _BUILT_IN.update({cls.criterion: cls for cls in (RandomPruner, MagnitudePruner, SNIPPruner, GraSPPruner,
-                                                           SynFlowPruner, IterSNIPPruner, FORCEPruner)})
+                                                           SynFlowPruner, IterSNIPPruner, FORCEPruner,
+                                                           GemMinerPruner, IMPPruner)})
     if criterion.name in _BUILT_IN:
         return _BUILT_IN[criterion.name]
     if criterion.name not in _MADE:
