@@ -1028,6 +1028,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     sub = args.command_parser
+    threads = torch.get_num_threads()
     if args.threads and args.command != "demo":  # the demo sets (and restores) its own
         torch.set_num_threads(args.threads)
     try:
@@ -1036,6 +1037,8 @@ def _main(argv: Sequence[str] | None) -> int:
         sub.exit(1, f"{sub.prog}: error: {exc}\n")
     except PruningError as exc:  # a bad request: argparse-style, with the library's message
         sub.error(str(exc))
+    finally:  # called in-process, the caller keeps its thread count
+        torch.set_num_threads(threads)
     return 1  # pragma: no cover - error() exits
 
 

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from synflow_plugin._kernels import normal_range
 from synflow_plugin.collapse import LayerCollapseWarning, warn_collapse
-from synflow_plugin.distributed import check_same_on_every_rank
 from synflow_plugin.criteria import Criterion
+from synflow_plugin.distributed import check_same_on_every_rank
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.plan import Group, Member, Plan, bounded_drop
 from synflow_plugin.selection import Round, Survivors, drop_smallest, smallest_positions

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torch.nn.utils.prune as prune
 from torch import nn
 
-from synflow_plugin import SNIP, PruningError, SynFlow, compute_masks, prunable_parameters
+from synflow_plugin import SNIP, PruningError, compute_masks, prunable_parameters
 
 
 def network(seed: int = 0) -> nn.Module:

@@ -538,3 +538,9 @@ def test_demo_render_only_needs_a_finished_run(tmp_path, capsys):
         main(["demo", "--render-only", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "results.json' does not exist; run `synflow-plugin demo --out" in capsys.readouterr().err
+
+
+def test_threads_are_the_callers_again_after_an_in_process_command(capsys):
+    threads = torch.get_num_threads()
+    assert main(["list", "--threads", "1" if threads != 1 else "2"]) == 0
+    assert torch.get_num_threads() == threads

@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 import _ddp_worker
-from synflow_plugin import PruningError, PruningTypeError, compute_masks, prunable_parameters
+from synflow_plugin import PruningTypeError, compute_masks, prunable_parameters
 
 pytest.importorskip("nni")
 pytest.importorskip("torch_pruning")
