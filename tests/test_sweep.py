@@ -1,4 +1,5 @@
-"""Sweeps: a tiny real grid (an MLP on scikit-learn's digits) on both engines, resume, failures, the CLI."""
+"""Sweeps: a tiny real grid (an MLP on scikit-learn's digits) on both engines, resume, failures,
+criteria that train (IMP, GemMiner), the CLI."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def test_grid_lists_every_trial_in_a_fixed_order():
     assert grid.settings() == {"model": "mlp", "dataset": "digits", "epochs": 2,
                                "model_options": {"depth": 3, "width": 32}, "lr": 0.01, "batch_size": 128,
                                "optimizer": "adam", "weight_decay": 0.0, "iterations": None,
-                               "calibration_per_class": 10, "threads": 1}
+                               "calibration_per_class": 10, "threads": 1, "criterion_options": {}}
 
 
 @pytest.mark.parametrize("change, words", [
@@ -114,6 +115,12 @@ def test_grid_lists_every_trial_in_a_fixed_order():
     ({"dataset": "imagenet"}, ["'imagenet'", "digits"]),
     ({"dataset": "cifar10"}, ["data_root", "cifar-10-batches-py"]),
     ({"model_options": {"width": float("nan")}}, ["JSON"]),
+    ({"criterion_options": {"nope": {}}}, ["criterion_options", "'nope'", "synflow"]),
+    ({"criterion_options": {"imp": 0.5}}, ["criterion_options['imp']=0.5", "dict of keywords"]),
+    ({"criterion_options": {"imp": {"seed": 1}}}, ["'seed'", "set by the sweep"]),
+    ({"criterion_options": {"imp": {"train_fn": "x"}}}, ["'train_fn'", "set by the sweep"]),
+    ({"criterion_options": {"gemminer": {"iterations": 0}}}, ["iterations", "positive"]),
+    ({"criterion_options": [("imp", {})]}, ["criterion_options", "dict of criterion name"]),
 ])
 def test_bad_grid_values_are_refused_naming_them(change, words):
     with pytest.raises(PruningError) as info:
@@ -350,3 +357,87 @@ def test_cli_wiring(capsys):
 def test_docstring_examples_run():
     result = doctest.testmod(sweep, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 5 and result.failed == 0
+
+
+# --------------------------------------------------------------------------- criteria that train
+# 64*8 + 8*10 = 592 prunable weights; 4x keeps 592 - round(0.75 * 592) = 148, 2x keeps 296.
+TRAINING = dict(model="mlp", dataset="digits", criteria=["imp", "gemminer"], compressions=[4], seeds=[0], epochs=1,
+                lr=1e-2, model_options={"depth": 2, "width": 8},
+                criterion_options={"imp": {"rate": 0.5}, "gemminer": {"epochs": 1, "iterations": 2}})
+
+
+def test_criteria_that_train_run_and_rerun_to_identical_records(tmp_path):
+    first = run_sweep(Grid(**TRAINING), tmp_path / "a", progress=False, plot=False)
+    second = run_sweep(Grid(**TRAINING), tmp_path / "b", progress=False, plot=False)
+    assert first.failed == [] and second.failed == []
+    assert _without_times(first.records) == _without_times(second.records)
+    imp, gemminer = first.records
+    # IMP at 4x with rate 0.5: keeps 1/2, then 1/4 of the weights: 2 levels, each a training
+    assert (imp["trial"], imp["iterations"], imp["criterion_options"]) == ("imp|4.0|0", 2, {"rate": 0.5})
+    assert (gemminer["iterations"], gemminer["criterion_options"]) == (2, {"epochs": 1, "iterations": 2})
+    for record in first.records:
+        assert (record["prunable"], record["remaining"]) == (592, 148)
+        assert record["times"]["prune"] > 0 and 0.0 <= record["accuracy"] <= 1.0
+    # a resume keeps the finished trials of criteria that train like any other
+    again = run_sweep(Grid(**TRAINING), tmp_path / "a", progress=False, plot=False)
+    assert (again.ran, again.skipped) == (0, 2) and again.records == first.records
+    with pytest.raises(PruningError, match=r"criterion_options: .*'rate': 0.5.* there, .*'rate': 0.25.* here"):
+        run_sweep(Grid(**dict(TRAINING, criterion_options={"imp": {"rate": 0.25}})), tmp_path / "a", progress=False)
+
+
+def test_imp_levels_train_exactly_as_the_final_training(tmp_path):
+    """One IMP level by hand: the trial's own training of the dense network, its 50% largest
+    trained magnitudes kept, rewound to the initialisation, trained again the same way."""
+    import copy
+
+    from torch.nn.utils import prune
+
+    from synflow_plugin import compute_masks
+    from synflow_plugin.data import load_dataset
+    from synflow_plugin.models import create_model
+    from synflow_plugin.targets import prunable_parameters
+    from synflow_plugin.train import train_model
+
+    grid = Grid(**dict(TRAINING, criteria=["imp"], compressions=[2], seeds=[3]))
+    (record,) = run_sweep(grid, tmp_path, progress=False, plot=False).records
+    assert record["iterations"] == 1 and record["remaining"] == 296
+
+    train, test = load_dataset("digits")
+    settings = dict(epochs=1, lr=1e-2, batch_size=128, optimizer="adam", weight_decay=0.0, seed=3, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the grid's threads
+    try:
+        sweep._seed_everything(3)
+        ticket = create_model("mlp", num_classes=10, input_shape=(1, 8, 8), depth=2, width=8)
+        trained = copy.deepcopy(ticket)
+        train_model(trained, train, test, **settings)
+        masks = compute_masks(trained, prunable_parameters(trained), "magnitude", 0.5)
+        for (module, name), mask in zip(prunable_parameters(ticket), masks):
+            prune.custom_from_mask(module, name, mask)
+        result = train_model(ticket, train, test, **settings)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.test_accuracy == record["accuracy"]
+
+
+def test_criterion_options_from_the_command_line_and_old_files_resume(local_sweep, tmp_path):
+    parser = argparse.ArgumentParser(prog="synflow-plugin")
+    sweep.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["sweep", "--model", "mlp", "--dataset", "digits", "--criteria", "imp,gemminer",
+                              "--compressions", "4", "--criterion-option", "imp.rate=0.5",
+                              "--criterion-option", "gemminer.iterations=3", "--criterion-option", "IMP.levels=2"])
+    grid = sweep._grid_from_args(args)
+    assert grid.criterion_options == {"imp": {"rate": 0.5, "levels": 2}, "gemminer": {"iterations": 3}}
+    assert [t.criterion_options for t in grid.trials()] == [{"rate": 0.5, "levels": 2}, {"iterations": 3}]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["sweep", "--criterion-option", "rate=0.5"])
+
+    # a results file written before criterion_options existed resumes as a grid without them
+    source, first = local_sweep
+    out = tmp_path / "old"
+    shutil.copytree(source, out)
+    payload = _read(out)
+    del payload["grid"]["criterion_options"]
+    (out / sweep.RESULTS_FILE).write_text(json.dumps(payload))
+    again = run_sweep(Grid(**TINY), out, progress=False, plot=False)
+    assert (again.ran, again.skipped) == (0, 8)
