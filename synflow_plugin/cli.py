@@ -394,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", formatter_class=_Formatter, help="the paper's central result on this machine, with pictures",
         description="Layer collapse of VGG-16-BN for every criterion, accuracy vs compression on a real "
-                    "offline data set, the sanity checks, and ONNX export + benchmark. Writes report.md, "
+                    "offline data set, the sanity checks, ONNX export + benchmark, and the tickets comparison "
+                    "(GemMiner, IMP, SynFlow, SNIP, random). Writes report.md, "
                     "results.json and PNGs to --out.",
     )
     p.add_argument("--quick", action="store_true",

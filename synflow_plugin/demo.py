@@ -14,6 +14,17 @@ Four experiments, each written to ``<out>/`` as numbers (``results.json``), pict
    each layer, the weights re-initialised, the scores inverted.
 4. **Export**: the SynFlow-pruned VGG to ONNX, unstructured (sparse initialisers) and
    channel-compacted, benchmarked with ONNX Runtime against the dense model.
+5. **Tickets at initialisation** (Sreenivasan et al., NeurIPS 2022, GemMiner): the
+   tickets of GemMiner (scores trained with the weights frozen), IMP (lottery tickets,
+   :mod:`~synflow_plugin.criteria.imp`, a stated level count), SynFlow, SNIP and random,
+   and the dense network, on digits and MNIST-1D (CIFAR-10 with a root) at densities
+   down to 1%, each trained the same way; accuracy vs density and the wall time to find
+   each ticket (IMP's includes its level trainings). Run through :mod:`synflow_plugin.sweep`.
+
+The newer criteria NTK-SAP, ProsPr and PHEW (:data:`NEWER_CRITERIA`) are in the accuracy
+experiment, and in the layer-collapse sweep: PHEW in every mode, ProsPr (about a minute
+per VGG-16-BN prune on 2 cores) in the full mode; NTK-SAP (seeded, so swept once per
+seed: ~40 min) in none.
 
 Nothing in the report is typed in by hand except the paper's reference values
 (:data:`PAPER_CRITICAL_LOG10`); every measured value comes from this run.
@@ -63,6 +74,9 @@ __all__ = [
     "render_demo",
     "auto_threads",
     "EXPERIMENTS",
+    "CRITERIA",
+    "NEWER_CRITERIA",
+    "TICKET_CRITERIA",
 ]
 
 #: log10 of the critical compression of VGG-16-BN on CIFAR-100 read off Tanaka et al.
@@ -72,8 +86,13 @@ PAPER_CITATION = (
     "Tanaka, Kunin, Yamins, Ganguli. Pruning neural networks without any data by iteratively "
     "conserving synaptic flow. NeurIPS 2020, https://arxiv.org/abs/2006.05467"
 )
-EXPERIMENTS = ("collapse", "accuracy", "sanity", "export")
+EXPERIMENTS = ("collapse", "accuracy", "sanity", "export", "tickets")
+#: The criteria of the SynFlow paper.
 CRITERIA = ("magnitude", "random", "snip", "grasp", "synflow")
+#: Criteria published after it: NTK-SAP (ICLR 2023), ProsPr (ICLR 2022), PHEW (ICML 2021).
+NEWER_CRITERIA = ("ntksap", "prospr", "phew")
+#: The tickets compared in experiment 5 (with the dense network).
+TICKET_CRITERIA = ("gemminer", "imp", "synflow", "snip", "random")
 MODES = ("full", "quick", "tiny")
 
 
@@ -86,7 +105,12 @@ class DemoSettings:
     collapse_model: str = "vgg16_bn"
     collapse_width: float = 1.0
     collapse_classes: int = 100
-    collapse_criteria: tuple[str, ...] = CRITERIA
+    #: ProsPr differentiates through 3 training steps (about a minute per VGG-16-BN prune
+    #: here), so only the full mode sweeps it; PHEW (~3 s per prune) is in every mode.
+    #: NTK-SAP (5 fresh initialisations in each of 20 rounds, ~27 s per prune, 6x SynFlow)
+    #: is seeded, so its sweep would run once per seed of ``random_seeds``: ~40 min in
+    #: the full mode; it is in the accuracy experiment only.
+    collapse_criteria: tuple[str, ...] = CRITERIA + ("phew",)
     max_exponent: float = 6.0
     coarse_step: float = 1.0
     fine_step: float = 0.25
@@ -103,7 +127,7 @@ class DemoSettings:
     accuracy_dataset: str = "digits"
     accuracy_model: str = "conv"
     accuracy_model_options: dict[str, Any] = field(default_factory=lambda: {"depth": 3, "width": 32})
-    accuracy_criteria: tuple[str, ...] = CRITERIA
+    accuracy_criteria: tuple[str, ...] = CRITERIA + NEWER_CRITERIA
     compressions_log10: tuple[float, ...] = (1.0, 2.0, 3.0)
     seeds: tuple[int, ...] = (0, 1)
     epochs: int = 15
@@ -118,13 +142,28 @@ class DemoSettings:
     bench_batch_sizes: tuple[int, ...] = (1, 8)
     bench_repeat: int = 20
     bench_warmup: int = 5
+    # 5. tickets (run through synflow_plugin.sweep, one grid per data set)
+    tickets_datasets: tuple[str, ...] = ("digits",)
+    tickets_model: str = "conv"
+    tickets_model_options: dict[str, Any] = field(default_factory=lambda: {"depth": 3, "width": 32})
+    tickets_criteria: tuple[str, ...] = TICKET_CRITERIA
+    tickets_densities: tuple[float, ...] = (0.1, 0.01)
+    tickets_seeds: tuple[int, ...] = (0,)
+    tickets_epochs: int = 15
+    #: IMP prunes this fraction of the survivors per level (the paper's 0.2 would take 21
+    #: trainings to reach 1%; 0.5 takes 7): the levels are ceil(log d / log(1 - rate)).
+    imp_rate: float = 0.5
+    #: GemMiner: rounds (flagging steps) and score-training epochs per round (the paper:
+    #: 5 epochs per round over 150 epochs; 50 epochs here).
+    gemminer_iterations: int = 10
+    gemminer_epochs: int = 5
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def settings_for(mode: str) -> DemoSettings:
-    """The settings of ``"full"`` (the paper's sweep), ``"quick"`` (~3 min) or ``"tiny"`` (tests)."""
+    """The settings of ``"full"`` (the paper's sweep), ``"quick"`` (a few minutes) or ``"tiny"`` (tests)."""
     if mode == "full":
         return DemoSettings(
             mode="full",
@@ -135,6 +174,10 @@ def settings_for(mode: str) -> DemoSettings:
             sanity_criteria=("synflow", "snip"),
             sanity_compressions_log10=(1.0, 2.0),
             bench_repeat=50,
+            collapse_criteria=CRITERIA + ("prospr", "phew"),
+            tickets_datasets=("digits", "mnist1d"),
+            tickets_densities=(0.1, 0.05, 0.02, 0.01),
+            tickets_seeds=(0, 1, 2),
         )
     if mode == "quick":
         return DemoSettings(mode="quick", fine_step=0.5, synflow_iterations=20)
@@ -146,6 +189,9 @@ def settings_for(mode: str) -> DemoSettings:
             accuracy_model_options={"depth": 2, "width": 4}, compressions_log10=(1.0, 2.0),
             seeds=(0, 1), epochs=1, mnist1d_samples=200,
             export_compression_log10=1.0, bench_batch_sizes=(1,), bench_repeat=2, bench_warmup=1,
+            collapse_criteria=CRITERIA, accuracy_criteria=CRITERIA,
+            tickets_datasets=("digits",), tickets_model_options={"depth": 2, "width": 4},
+            tickets_densities=(0.25, 0.1), tickets_epochs=1, gemminer_iterations=2, gemminer_epochs=1,
         )
     raise PruningError(f"mode={mode!r} is not valid; expected one of {MODES}")
 
@@ -498,6 +544,107 @@ def _run_sanity(s: DemoSettings, accuracy: dict[str, Any] | None, log, progress)
     return {"runs": runs, "summary": summary}
 
 
+# --------------------------------------------------------------------------- tickets
+def _ticket_options(s: DemoSettings) -> dict[str, dict[str, Any]]:
+    """The options of the ticket criteria that train, read from their capabilities: a
+    criterion trained with a ``train_fn`` (IMP) prunes ``imp_rate`` per level; one that
+    trains on the training set (GemMiner) runs ``gemminer_iterations`` rounds of
+    ``gemminer_epochs`` epochs."""
+    options: dict[str, dict[str, Any]] = {}
+    for name in s.tickets_criteria:
+        caps = criterion_class(name)
+        if caps.needs_training:
+            options[name] = {"rate": s.imp_rate}
+        elif caps.reads_training_set:
+            options[name] = {"epochs": s.gemminer_epochs, "iterations": s.gemminer_iterations}
+    return options
+
+
+def _tickets_datasets(s: DemoSettings, cifar_root) -> list[str]:
+    names = list(s.tickets_datasets)
+    if cifar_root is not None and (Path(cifar_root) / "cifar-10-batches-py").is_dir() and "cifar10" not in names:
+        names.append("cifar10")
+    return names
+
+
+def _summarise_tickets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (criterion, density): accuracy and ticket-finding seconds over the seeds, and
+    the rounds each ticket took (IMP's levels)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["criterion"], r["compression"]), []).append(r)
+    out = []
+    for (criterion, compression), members in groups.items():
+        ok = [m for m in members if m.get("status") == "ok"]
+        accs = [float(m["accuracy"]) for m in ok]
+        secs = [float(m["times"]["prune"]) for m in ok]
+        out.append({
+            "criterion": criterion, "compression": compression, "density": 1.0 / compression,
+            "mean_accuracy": statistics.fmean(accs) if accs else None,
+            "std_accuracy": (statistics.pstdev(accs) if len(accs) > 1 else 0.0) if accs else None,
+            "mean_seconds": statistics.fmean(secs) if secs else None,
+            "std_seconds": (statistics.pstdev(secs) if len(secs) > 1 else 0.0) if secs else None,
+            "rounds": sorted({m["iterations"] for m in ok if m.get("iterations") is not None}),
+            "seeds": len(ok), "failed": len(members) - len(ok),
+            "collapsed_runs": sum(bool(m.get("collapsed_layers")) for m in ok),
+        })
+    return out
+
+
+def _run_tickets(s: DemoSettings, out: Path, cifar_root, log, progress) -> dict[str, Any]:
+    from synflow_plugin.data import DATASETS
+    from synflow_plugin.sweep import Grid, run_sweep
+
+    options = _ticket_options(s)
+    threads = torch.get_num_threads()
+    result: dict[str, Any] = {
+        "model": s.tickets_model, "model_options": s.tickets_model_options, "criteria": list(s.tickets_criteria),
+        "densities": list(s.tickets_densities), "seeds": list(s.tickets_seeds), "epochs": s.tickets_epochs,
+        "lr": s.lr, "batch_size": s.batch_size, "threads": threads, "criterion_options": options,
+        "trains_with_train_fn": [n for n in s.tickets_criteria if criterion_class(n).needs_training],
+        "trains_on_training_set": [n for n in s.tickets_criteria if criterion_class(n).reads_training_set],
+        "datasets": {},
+    }
+    for dataset in _tickets_datasets(s, cifar_root):
+        folder = out / "tickets" / dataset
+        grid = Grid(model=s.tickets_model, dataset=dataset, criteria=list(s.tickets_criteria),
+                    compressions=[1.0 / d for d in s.tickets_densities], seeds=list(s.tickets_seeds),
+                    epochs=s.tickets_epochs, model_options=dict(s.tickets_model_options), dense=True, lr=s.lr,
+                    batch_size=s.batch_size, calibration_per_class=s.calibration_per_class, threads=threads,
+                    criterion_options=options,
+                    data_root=os.fspath(cifar_root) if DATASETS[dataset].needs_root else None)
+        log(f"[tickets] {dataset}: {len(grid.trials())} trials ({', '.join(s.tickets_criteria)} and dense; "
+            f"densities {', '.join(f'{d:g}' for d in s.tickets_densities)}; seeds {list(s.tickets_seeds)}; "
+            f"{s.tickets_epochs} epochs each) -> {folder}")
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ZeroFlowWarning)
+            warnings.simplefilter("ignore", LayerCollapseWarning)
+            swept = run_sweep(grid, folder, overwrite=True, progress=progress, plot=False,
+                              log=lambda line: log(f"[tickets] {dataset} {line}"))
+        records = [r for r in swept.records if r["trial"] in {t.key for t in grid.trials()}]
+        info = DATASETS[dataset]
+        ok = [r for r in records if r["status"] == "ok"]
+        summary = _summarise_tickets(records)
+        for row in summary:
+            if row["mean_accuracy"] is None:
+                log(f"[tickets] {dataset} {row['criterion']:>9} at density {row['density']:g}: failed")
+                continue
+            log(f"[tickets] {dataset} {row['criterion']:>9} at density {row['density']:<6g}: "
+                f"{100 * row['mean_accuracy']:5.1f}% +- {100 * row['std_accuracy']:.1f}, ticket in "
+                f"{row['mean_seconds']:.2f} s ({'/'.join(map(str, row['rounds'])) or '-'} rounds)")
+        result["datasets"][dataset] = {
+            "source": info.source, "num_classes": info.num_classes, "chance": 1.0 / info.num_classes,
+            "prunable_weights": ok[0]["prunable"] if ok else None, "folder": str(folder.relative_to(out)),
+            "seconds": time.perf_counter() - start, "failed": swept.failed,
+            "records": [{k: r[k] for k in ("trial", "criterion", "compression", "seed", "status", "error",
+                                           "accuracy", "density", "remaining", "iterations",
+                                           "collapsed_layers", "times")} for r in records],
+            "summary": summary,
+        }
+    return result
+
+
 # --------------------------------------------------------------------------- export
 def _run_export(s: DemoSettings, out: Path, log, progress) -> dict[str, Any]:
     try:
@@ -574,7 +721,8 @@ def MaxNLocator(**kwargs):  # noqa: N802 - matplotlib's name, imported lazily
 
 
 _COLORS = {"magnitude": "tab:orange", "random": "tab:gray", "snip": "tab:green", "grasp": "tab:purple",
-           "synflow": "tab:blue", "dense": "black"}
+           "synflow": "tab:blue", "dense": "black", "gemminer": "tab:red", "imp": "tab:brown",
+           "ntksap": "tab:cyan", "prospr": "tab:olive", "phew": "tab:pink"}
 
 
 def _critical_axes(ax, collapse: dict[str, Any], s: DemoSettings) -> None:
@@ -692,6 +840,44 @@ def _plot_sanity(sanity: dict[str, Any], accuracy: dict[str, Any] | None, path: 
     plt.close(fig)
 
 
+def _plot_tickets(tickets: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    names = list(tickets["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5.6 * len(names), 4.2), squeeze=False)
+    for ax, dataset in zip(axes[0], names):
+        info = tickets["datasets"][dataset]
+        rows = [r for r in info["summary"] if r["mean_accuracy"] is not None]
+        dense = [r for r in rows if r["criterion"] == "dense"]
+        if dense:
+            d = dense[0]
+            ax.axhspan(100 * (d["mean_accuracy"] - d["std_accuracy"]), 100 * (d["mean_accuracy"] + d["std_accuracy"]),
+                       color="black", alpha=0.08)
+            ax.axhline(100 * d["mean_accuracy"], color="black", ls="--", lw=1, label="dense")
+        ax.axhline(100 * info["chance"], color="black", ls=":", lw=1, label="chance")
+        for criterion in dict.fromkeys(r["criterion"] for r in rows if r["criterion"] != "dense"):
+            points = sorted((r for r in rows if r["criterion"] == criterion), key=lambda r: -r["density"])
+            label = criterion
+            if criterion in tickets.get("trains_with_train_fn", ()):
+                label += f" (rate {tickets['criterion_options'][criterion]['rate']:g}/level)"
+            ax.errorbar([100 * r["density"] for r in points], [100 * r["mean_accuracy"] for r in points],
+                        yerr=[100 * r["std_accuracy"] for r in points], marker="o", capsize=3,
+                        color=_COLORS.get(criterion), label=label)
+        ax.set_xscale("log")
+        ax.set_xticks([100 * d for d in tickets["densities"]])
+        ax.set_xticklabels([f"{100 * d:g}%" for d in tickets["densities"]])
+        ax.minorticks_off()
+        ax.invert_xaxis()
+        ax.set_xlabel("density (weights kept), log scale")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{dataset}: {tickets['model']} net, {tickets['epochs']} epochs, "
+                     f"{len(tickets['seeds'])} seed(s) (mean ± std)", fontsize=9)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _plot_summary(results: dict[str, Any], s: DemoSettings, path: Path) -> None:
     plt = _plt()
     panels = [k for k in ("collapse", "accuracy") if k in results]
@@ -711,6 +897,57 @@ def _plot_summary(results: dict[str, Any], s: DemoSettings, path: Path) -> None:
 # --------------------------------------------------------------------------- report
 def _fmt_exp(value) -> str:
     return "-" if value is None else f"{value:g}"
+
+
+def _tickets_tables(t: dict[str, Any]) -> list[str]:
+    """The tickets' accuracy table and time table, per data set (markdown)."""
+    lines: list[str] = []
+    densities = sorted(t["densities"], reverse=True)
+    for dataset, info in t["datasets"].items():
+        rows = info["summary"]
+
+        def cell(criterion: str, density: float, key: str, scale: float, digits: int) -> str:
+            row = next((r for r in rows if r["criterion"] == criterion and math.isclose(r["density"], density)), None)
+            if row is None or row["mean_" + key] is None:
+                return "-" if row is None else "failed"
+            mark = (f" ({row['collapsed_runs']}/{row['seeds']} collapsed)"
+                    if row["collapsed_runs"] and key == "accuracy" else "")
+            return f"{scale * row['mean_' + key]:.{digits}f} ± {scale * row['std_' + key]:.{digits}f}{mark}"
+
+        def label(criterion: str) -> str:
+            if criterion in t.get("trains_with_train_fn", ()):
+                levels = sorted({lv for r in rows if r["criterion"] == criterion for lv in r["rounds"]})
+                return (f"{criterion} (rate {t['criterion_options'][criterion]['rate']:g}: "
+                        f"{'/'.join(map(str, levels))} levels)")
+            if criterion in t.get("trains_on_training_set", ()):
+                o = t["criterion_options"][criterion]
+                return f"{criterion} ({o['iterations']} rounds x {o['epochs']} epochs)"
+            return criterion
+
+        header = "| ticket | " + " | ".join(f"{100 * d:g}%" for d in densities) + " |"
+        rule = "|---|" + "---|" * len(densities)
+        dense = next((r for r in rows if r["criterion"] == "dense" and r["mean_accuracy"] is not None), None)
+        lines += [f"**{dataset}** ({info['source']}; {info['num_classes']} classes, "
+                  f"{info['prunable_weights'] or 0:,} prunable weights). Test accuracy (%), mean ± std over "
+                  f"{len(t['seeds'])} seed(s), by density:", "", header, rule]
+        if dense:
+            lines.append(f"| dense (100%) | {100 * dense['mean_accuracy']:.1f} ± {100 * dense['std_accuracy']:.1f} |"
+                         + " — |" * (len(densities) - 1))
+        for criterion in t["criteria"]:
+            lines.append(f"| {label(criterion)} | "
+                         + " | ".join(cell(criterion, d, "accuracy", 100, 1) for d in densities) + " |")
+        lines += ["", f"Wall time to find each ticket on {dataset} (s, mean ± std; IMP's includes its level "
+                      "trainings, GemMiner's its score training; the final training is not included):", "",
+                  header, rule]
+        for criterion in t["criteria"]:
+            lines.append(f"| {label(criterion)} | "
+                         + " | ".join(cell(criterion, d, "seconds", 1, 2) for d in densities) + " |")
+        train = [r["times"]["train"] for r in info["records"] if r["status"] == "ok"]
+        if train:
+            lines += ["", f"One training of a ticket ({t['epochs']} epochs, then a test pass) took "
+                          f"{statistics.median(train):.2f} s here (median over the trials)."]
+        lines.append("")
+    return lines
 
 
 def _report(results: dict[str, Any], s: DemoSettings) -> str:
@@ -854,6 +1091,22 @@ def _report(results: dict[str, Any], s: DemoSettings) -> str:
                 "```",
                 "",
             ]
+    if "tickets" in results:
+        t = results["tickets"]
+        lines += [
+            "## 5. Tickets at initialisation: GemMiner, IMP and the data-free criteria",
+            "",
+            f"Model `{t['model']}` {t['model_options']}, pruned globally to each density, then trained "
+            f"{t['epochs']} epochs with Adam (lr {t['lr']:g}, cosine, batch {t['batch_size']}), seeds {t['seeds']} "
+            "(initialisation, data order, calibration batch). IMP's level trainings are that same training "
+            "(rewound to the initialisation after each level); GemMiner trains its scores on the training set "
+            "with the weights frozen (Sreenivasan et al., NeurIPS 2022, https://arxiv.org/abs/2202.12002). "
+            "Run through `synflow_plugin.sweep`: the trial records are in "
+            + ", ".join(f"`{info['folder']}/results.json`" for info in t["datasets"].values()) + ".",
+            "",
+        ]
+        lines += _tickets_tables(t)
+        lines += ["![tickets: accuracy vs density](tickets.png)", ""]
     lines += [
         "## Reproduce",
         "",
@@ -919,7 +1172,8 @@ def run_demo(
         mode: ``"full"`` (the paper's sweep; long), ``"quick"`` (a few minutes) or
             ``"tiny"`` (a reduced grid for tests).
         cifar_root: a folder with ``cifar-100-python/``: SNIP and GraSP then score on
-            real CIFAR-100 images in the collapse experiment.
+            real CIFAR-100 images in the collapse experiment; with
+            ``cifar-10-batches-py/`` in it, CIFAR-10 joins the tickets experiment.
         accuracy_dataset: ``"digits"`` (default) or ``"mnist1d"``.
         seeds: seeds of the accuracy experiment (default: the mode's).
         skip: experiments to leave out, from :data:`EXPERIMENTS`.
@@ -979,6 +1233,8 @@ def _run(out: Path, s: DemoSettings, cifar_root, skip, progress, log, command) -
         timed("sanity", lambda: _run_sanity(s, results.get("accuracy"), log, progress))
     if "export" not in skip:
         timed("export", lambda: _run_export(s, out, log, progress))
+    if "tickets" not in skip:
+        timed("tickets", lambda: _run_tickets(s, out, cifar_root, log, progress))
 
     results["wall_seconds"] = time.perf_counter() - start  # plotting not included
     results["environment"]["load_after"] = _load()
@@ -1001,6 +1257,10 @@ def _render(out: Path, results: dict[str, Any], s: DemoSettings) -> None:
     if "sanity" in results:
         _plot_sanity(results["sanity"], results.get("accuracy"), out / "sanity.png")
         pictures.append("sanity.png")
+    if "tickets" in results and results["tickets"]["datasets"]:
+        _plot_tickets(results["tickets"], out / "tickets.png")
+        (out / "tickets.md").write_text("\n".join(_tickets_tables(results["tickets"])) + "\n")
+        pictures.append("tickets.png")
     if "collapse" in results or "accuracy" in results:
         _plot_summary(results, s, out / "demo.png")
         pictures.append("demo.png")

@@ -1,4 +1,4 @@
-"""NTK-SAP: Neural Tangent Kernel Spectrum-Aware Pruning (Wang, Tan, Li, Tang, Lin, ICLR 2023,
+"""NTK-SAP: Neural Tangent Kernel Spectrum-Aware Pruning (Yite Wang, Dawei Li, Ruoyu Sun, ICLR 2023,
 https://arxiv.org/abs/2304.02840).
 
 NTK-SAP keeps the weights that carry the spectrum of the network's neural tangent kernel,
