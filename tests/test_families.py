@@ -15,43 +15,8 @@ import torch.nn.utils.prune as prune
 from torch import nn
 
 from synflow_plugin import SNIP, PruningError, SynFlow, prunable_parameters
+from _families import Decoder, Encoder, Recurrent
 from synflow_plugin.collapse import LayerCollapseWarning
-
-
-class Encoder(nn.Module):
-    """A TransformerEncoder classifier over float frames (batch, time, features)."""
-
-    def __init__(self):
-        super().__init__()
-        self.inp = nn.Linear(6, 16)
-        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0), 2)
-        self.out = nn.Linear(16, 3)
-
-    def forward(self, x):
-        return self.out(self.enc(self.inp(x)).mean(dim=1))
-
-
-class Recurrent(nn.Module):
-    def __init__(self, cell):
-        super().__init__()
-        self.rnn = cell(6, 12, num_layers=2, batch_first=True)
-        self.out = nn.Linear(12, 3)
-
-    def forward(self, x):
-        return self.out(self.rnn(x)[0][:, -1])
-
-
-class Decoder(nn.Module):
-    """ConvTranspose2d upsampling to class maps, pooled to logits."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.head(self.up(torch.relu(self.conv(x))).mean(dim=(2, 3)))
 
 
 FAMILIES = {
