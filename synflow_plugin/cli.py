@@ -40,7 +40,6 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -48,6 +47,7 @@ from typing import Any, Sequence
 
 import torch
 
+from synflow_plugin._files import write_json_atomic
 from synflow_plugin.errors import PruningError
 
 __all__ = ["main", "build_parser", "parse_compression"]
@@ -532,24 +532,6 @@ def _check_outputs(args, *outputs: tuple[str, Any, str]) -> None:
         seen[key] = flag
 
 
-def _write_json(path, payload) -> None:
-    """Write ``payload`` through a temporary file and a rename, so a failure leaves no partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(payload, indent=1, default=str) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes the file private; give it the usual mode
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def _load_checkpoints(paths: Sequence[Path], factories: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
     """``load_checkpoint`` for each path, with the ``--factory`` its file names (if given).
 
@@ -738,7 +720,7 @@ def _cmd_prune(parser, args) -> int:
               "level's training, not the initialisation")
     print(f"wrote {path}")
     if args.json:
-        _write_json(args.json, {"checkpoint": str(path), "pruning": pruning, "layers": _layers_json(model)})
+        write_json_atomic(args.json, {"checkpoint": str(path), "pruning": pruning, "layers": _layers_json(model)})
     return 0
 
 
@@ -864,7 +846,7 @@ def _cmd_collapse(parser, args) -> int:
     for name, crit, col, layers, secs in table:
         print(f"  {name:<{width}} {crit:>8} {col:>8}  {secs:>6.1f}s  {layers}")
     if args.json:
-        _write_json(args.json, {"model": spec.as_dict(), "step": args.step, "max_exponent": args.max_exponent,
+        write_json_atomic(args.json, {"model": spec.as_dict(), "step": args.step, "max_exponent": args.max_exponent,
                                 "criteria": results})
     if args.plot:
         probe = model_fn()
@@ -928,7 +910,7 @@ def _cmd_train(parser, args) -> int:
                                overwrite=args.overwrite)
         print(f"wrote {path}")
     if args.json:
-        _write_json(args.json, {"source": args.source, "pruning": pruning, "training": training})
+        write_json_atomic(args.json, {"source": args.source, "pruning": pruning, "training": training})
     return 0
 
 

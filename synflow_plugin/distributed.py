@@ -83,15 +83,16 @@ def fingerprint(tensors: Sequence[torch.Tensor]) -> str:
     """A hash of the tensors' shapes, dtypes and bytes."""
     digest = hashlib.sha256()
     for tensor in tensors:
-        t = tensor.detach().to("cpu").contiguous()
+        t = tensor.detach().to("cpu").contiguous()  # an expanded all-True mask is materialised here
         digest.update(f"{tuple(t.shape)}{t.dtype};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 
 def check_same_on_every_rank(tensors: Sequence[torch.Tensor], group: Any, what: str, fix: str,
                              caller: str = "prune") -> None:
-    """Raise a :class:`PruningError` naming the ranks where ``tensors`` differ from rank 0's."""
+    """Raise a :class:`PruningError` naming the ranks where ``tensors`` differ from rank 0's
+    (any dtype, masks included); nothing to do without a group."""
     if group is None:
         return
     dist = torch.distributed

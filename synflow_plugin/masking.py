@@ -326,11 +326,12 @@ def run_plan(session: ScoringSession, plan: Plan) -> list[torch.Tensor]:
     with session:
         session.state.rounds = loop.rounds
         session.state.survivors = loop.masks
+        session.state.density = loop.density
         for r in tqdm(range(loop.rounds), desc=request.criterion.name, unit="round",
                       disable=(not request.progress) if request.progress is not None else None, leave=False):
             loop.round(r)
     masks = loop.masks()
-    check_same_on_every_rank([m.to(torch.uint8) for m in masks], request.group, "the masks",
+    check_same_on_every_rank(masks, request.group, "the masks",
                              "The scores differed between the ranks: every rank must call the prune with the "
                              "same arguments (the same seed= for random criteria).", request.caller)
     warn_collapse(session.model, session.targets, masks, session.start_masks, request.inputs,
@@ -378,7 +379,7 @@ class _Loop:
 
         # The rounds: the request's, or the criterion's own schedule (keep_fractions).
         total = sum(start for start, _ in fast_ends + slow_ends)
-        density = sum(final for _, final in fast_ends + slow_ends) / total if total else 1.0
+        self.density = density = sum(final for _, final in fast_ends + slow_ends) / total if total else 1.0
         self.fractions = self.criterion.keep_fractions(density, request.iterations) if scheduled else None
         if self.fractions is not None:
             self.rounds = len(self.fractions)

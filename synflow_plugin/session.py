@@ -176,6 +176,12 @@ class ScoringSession:
         return self._model
 
     def __enter__(self) -> "ScoringSession":
+        if self.request.group is not None:  # before the copy: the user's own weights and masks
+            weights = [_user_tensor(self._model.get_submodule(t.module_name), t.name) for t in self.targets]
+            check_same_on_every_rank(
+                weights + self.start_masks, self.request.group, "the pruned weights (or their existing masks)",
+                "Initialise every rank with the same seed (torch.manual_seed before building the model), or "
+                "load the same checkpoint on every rank, before pruning.", self.request.caller)
         self._grad = torch.enable_grad()
         self._grad.__enter__()
         try:
@@ -187,15 +193,6 @@ class ScoringSession:
         starts = self.start_masks
         self.state.survivors = lambda: [m.clone() for m in starts]
         self.state.group = self.request.group
-        try:
-            check_same_on_every_rank(
-                [p.detach() for p in self.state.params] + [m.to(torch.uint8) for m in starts], self.request.group,
-                "the pruned weights (or their existing masks)",
-                "Initialise every rank with the same seed (torch.manual_seed before building the model), or "
-                "load the same checkpoint on every rank, before pruning.", self.request.caller)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -251,6 +248,11 @@ class ScoringSession:
             ZeroFlowWarning,
             stacklevel=5,
         )
+
+
+def _user_tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """The target's values in the user's model (``<name>_orig`` under a prune hook)."""
+    return module._parameters.get(f"{name}_orig", module._parameters.get(name)).detach()
 
 
 def _start_mask(module: nn.Module, name: str) -> torch.Tensor:

@@ -48,7 +48,6 @@ import platform
 import random
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -60,6 +59,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from synflow_plugin._files import write_json_atomic
 from synflow_plugin.errors import PruningError, PruningTypeError
 
 __all__ = [
@@ -801,25 +801,6 @@ def _compatible_records(out: Path, grid: Grid) -> list[dict[str, Any]]:
     return payload["records"]
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    """Write through a temporary file in the same folder and a rename: a crash leaves the
-    previous file or the new one, never a partial one."""
-    text = json.dumps(payload, indent=1, allow_nan=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes the file private; give it the usual mode
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 @contextlib.contextmanager
 def _locked(out: Path):
     """Hold ``out/.sweep.lock`` so that a second sweep into the same folder is refused
@@ -960,7 +941,7 @@ def run_sweep(
             return sorted(records.values(), key=lambda r: order[r["trial"]]) + others
 
         def write() -> None:
-            _write_json_atomic(path, {"format": _FORMAT, "version": _FORMAT_VERSION, "grid": grid.as_dict(),
+            write_json_atomic(path, {"format": _FORMAT, "version": _FORMAT_VERSION, "grid": grid.as_dict(),
                                       "trials": len(trials), "environment": environment, "records": ordered()})
 
         failures = 0

@@ -404,3 +404,22 @@ def test_prospr_agrees_in_torch_prune_and_the_core():
     prune.global_unstructured(prunable_parameters(model), pruning_method=synflow_plugin.pruning_method("prospr"),
                               amount=0.6, model=model, data=data)
     assert all(torch.equal(a, m.weight_mask.bool()) for a, (m, _) in zip(core, prunable_parameters(model)))
+
+
+def test_phew_walks_every_weight_a_low_amount_keeps():
+    """At amount 0.5 the walks go on until they crossed half the weights: none is kept by the
+    magnitude fallback (walked weights score at least 2, the fallback at most 1)."""
+    model = mlp()
+    params = prunable_parameters(model)
+    total = sum(m.weight.numel() for m, _ in params)
+    request = ScoringRequest.build("phew", seed=0)
+    with ScoringSession(model, params, request) as session:
+        session.state.density = 0.5
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PHEWWarning)
+            scores = session.ranked_scores()
+    assert sum(int((s >= 2).sum()) for s in scores) >= math.ceil(0.5 * total)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PHEWWarning)
+        masks = compute_masks(model, params, "phew", 0.5, seed=0)
+    assert sum(int(m.sum()) for m in masks) == total - round(0.5 * total)

@@ -754,3 +754,35 @@ def test_a_group_torch_pruning_maps_past_a_layer_is_refused_before_anything_chan
 def test_prune_outputs_is_a_bool():
     with pytest.raises(PruningTypeError, match="prune_outputs should be a bool, got str"):
         SynFlowImportance(prune_outputs="yes")
+
+
+class FeatureAndLogits(nn.Module):
+    """Returns its hidden features, which its head also reads (as distillation models do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = nn.Linear(8, 32), nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return self.head(h), h
+
+
+def test_a_returned_feature_that_later_layers_read_is_not_shrunk():
+    torch.manual_seed(0)
+    model, x = FeatureAndLogits(), torch.randn(4, 8)
+    pruner = tp.pruner.MetaPruner(model, x, importance=SynFlowImportance(example_inputs=x), pruning_ratio=0.5,
+                                  global_pruning=True, ignored_layers=[model.head])
+    with pytest.raises(PruningError, match=r"removes output channels of 'body' \(Linear\), whose output the "
+                                           r"model returns \(as a tensor of shape \(4, 32\)\).*nothing was pruned"):
+        pruner.step()
+    assert model.body.out_features == 32
+
+
+def test_without_inputs_the_graphs_own_ends_are_the_returned_layers():
+    from synflow_plugin.adapters.torch_pruning import _returned_layers
+
+    model, x = FeatureAndLogits(), torch.randn(4, 8)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    assert set(_returned_layers(model, graph, None)) == {id(model.head)}
+    assert set(_returned_layers(model, graph, x)) == {id(model.head), id(model.body)}

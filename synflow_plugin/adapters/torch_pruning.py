@@ -158,6 +158,7 @@ from torch import nn
 
 from synflow_plugin.collapse import LayerCollapseWarning
 from synflow_plugin.criteria import Criterion, Inputs, get_criterion
+from synflow_plugin.criteria.base import flow_outputs
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.masking import ZeroFlowWarning, compute_scores
 from synflow_plugin.session import check_train_fn
@@ -799,12 +800,11 @@ _WIDTH_SETTING = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.Multihead
 def _returned_layers(model: nn.Module, graph: Any, inputs: Any) -> dict[int, str]:
     """The width-setting layers whose output channels reach a tensor ``model`` returns.
 
-    With ``inputs``, the model runs once (in eval mode, restored afterwards; no backward)
-    and each returned floating tensor's autograd graph is walked back to the first
-    width-setting layers; a layer counts when its output width is one of that tensor's
-    non-batch dims. Without inputs, the layers whose traced node feeds nothing else."""
-    from synflow_plugin.criteria.base import flow_outputs
-
+    The layers whose traced node feeds nothing else (the graph's own ends) always count.
+    With ``inputs``, the model also runs once (in eval mode, restored afterwards; no
+    backward) and each returned floating tensor's autograd graph is walked back to the
+    first width-setting layers; such a layer counts when its output width is one of that
+    tensor's non-batch dims (a returned feature that later layers read as well)."""
     nodes = getattr(graph, "module2node", None) or {}
     width = {}
     for module in model.modules():
@@ -812,8 +812,9 @@ def _returned_layers(model: nn.Module, graph: Any, inputs: Any) -> dict[int, str
             channels = graph.get_out_channels(module)
             if channels is not None:
                 width[id(module)] = channels
+    found = {id(m): "a model output" for m, node in nodes.items() if id(m) in width and not node.outputs}
     if inputs is None or not width:
-        return {id(m): "a model output" for m, node in nodes.items() if id(m) in width and not node.outputs}
+        return found
 
     producers: dict[int, nn.Module] = {}
 
@@ -829,14 +830,13 @@ def _returned_layers(model: nn.Module, graph: Any, inputs: Any) -> dict[int, str
         with torch.enable_grad():
             output = Inputs().call(model, inputs, "the example input (checking which layers it returns)")
     except PruningError:
-        return {}
+        return found  # the graph's ends still count; scoring will name the failing input
     finally:
         for hook in hooks:
             hook.remove()
         for module, training in modes.items():
             module.training = training
 
-    found: dict[int, str] = {}
     for tensor in flow_outputs(output):
         if tensor.grad_fn is None:
             continue
@@ -849,7 +849,7 @@ def _returned_layers(model: nn.Module, graph: Any, inputs: Any) -> dict[int, str
             module = producers.get(id(fn))
             if module is not None:
                 if width[id(module)] in tuple(tensor.shape[1:]):
-                    found.setdefault(id(module), f"a tensor of shape {tuple(tensor.shape)}")
+                    found[id(module)] = f"a tensor of shape {tuple(tensor.shape)}"
                 continue
             stack.extend(next_fn for next_fn, _ in fn.next_functions)
     return found

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synflow_plugin.distributed import all_reduce_sum
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.targets import Target
 
@@ -242,6 +243,9 @@ class ScoringState:
         requires_grad: parameter name -> ``requires_grad`` in the user's model (the
             copy freezes every parameter but the targets).
         modes: module name -> ``training`` flag in the user's model (the copy is in eval mode).
+        group: the ``torch.distributed`` process group of the call (None: this process alone).
+        density: the fraction of the call's surviving weights the prune keeps in the end
+            (set by the pruning loop; None when scores are asked for outside it).
     """
 
     model: nn.Module
@@ -258,13 +262,12 @@ class ScoringState:
     modes: dict = field(default_factory=dict)
     survivors: Callable[[], list[torch.Tensor]] | None = field(default=None, repr=False)
     group: Any = field(default=None, repr=False)
+    density: float | None = None
 
     def all_reduce(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Sum ``tensors`` in place over the ranks of the call's process group (nothing
         without one) and return them: what a data-driven criterion accumulates over its
         batches (e.g. the gradients), so that every rank scores all ranks' batches."""
-        from synflow_plugin.distributed import all_reduce_sum
-
         all_reduce_sum(tensors, self.group)
         return tensors
 

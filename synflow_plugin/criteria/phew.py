@@ -106,16 +106,16 @@ class PHEWCriterion(Criterion):
     weight per layer, at time n·L + l (L layers, l its step). A weight's score is
     higher the earlier its first crossing, so keeping the top k scores keeps exactly the
     first k distinct weights the walks cross, the mask PHEW has when it reaches k weights.
-    Walks run, in blocks, until ``coverage`` of the surviving weights are crossed, or,
-    with a :class:`PHEWWarning`, until a block crosses almost no new weight (under 1% of
-    its crossings: the rest have too little mass to be reached) or 10 walks per weight
-    asked were taken. Budgets above what was crossed keep the crossed weights and then
-    the rest by |w| relative to the largest of its tensor (a fallback, below every
-    crossed weight). Pruned weights score zero.
+    Walks run, in blocks, until they have crossed as many weights as the prune keeps
+    (and at least ``coverage`` of the survivors), or, with a :class:`PHEWWarning`, until
+    a block crosses almost no new weight (under 1% of its crossings: the rest have too
+    little mass to be reached) or 10 walks per weight asked were taken. Only then do
+    weights the walks never crossed get kept, by |w| relative to the largest of their
+    tensor (below every crossed weight), and the warning says so. Pruned weights score zero.
 
     Args:
-        coverage: the fraction of the surviving weights the walks must cross (default
-            0.1: exact walks for any amount >= 0.9, PHEW's regime).
+        coverage: the fraction of the surviving weights the walks cross at least
+            (default 0.1); the pruning loop raises it to the density it keeps.
         seed: seeds the walks (a private CPU generator: the same masks on every device;
             the global RNG is untouched); None draws a seed from torch's global RNG.
 
@@ -176,7 +176,9 @@ class PHEWCriterion(Criterion):
         generator = state.cache["phew_generator"]
         first = [torch.full((p.numel(),), _NEVER, dtype=torch.int64) for p in state.params]
         alive = sum(int(torch.count_nonzero(p.detach())) for p in state.params)
-        wanted = min(alive, math.ceil(self.coverage * alive))
+        # at least the weights the prune keeps, so that every kept weight was walked
+        share = max(self.coverage, state.density if state.density is not None else 0.0)
+        wanted = min(alive, math.ceil(share * alive - 1e-9))
         crossed, walks, cap = 0, 0, 10 * wanted + 100
         depth = len(layers)
         block = max(64, min(8192, wanted // max(depth, 1) + 1))
@@ -190,9 +192,8 @@ class PHEWCriterion(Criterion):
                 break  # the walks keep crossing the same weights: the rest are (nearly) unreachable
         if crossed < wanted:
             warnings.warn(
-                f"phew: {walks} walks crossed {crossed} of the {wanted} weights asked (coverage="
-                f"{self.coverage}) and found almost no new ones; a larger budget keeps the rest by relative "
-                "magnitude.",
+                f"phew: {walks} walks crossed {crossed} of the {wanted} weights asked and found almost no "
+                "new ones; the weights kept beyond those crossed are kept by relative magnitude, not by walks.",
                 PHEWWarning, stacklevel=2,
             )
         end = max((int(f[f < _NEVER].max()) for f in first if bool((f < _NEVER).any())), default=0) + 1
