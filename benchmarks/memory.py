@@ -4,7 +4,7 @@ Each measurement runs in a fresh process: the model is built, its resident memor
 taken as the baseline, the kernel's peak counter (VmHWM) reset, the prune run, and
 the new peak read. The excess over the baseline is what pruning cost; it is printed
 divided by the bytes of the pruned weights. Goal: <= 3x for the core loop (a scoring
-copy, its gradients, the survivors' positions).
+copy, its gradients, the survivors' bitmap).
 
 Paths: ``core`` (:func:`synflow_plugin.compute_masks`), ``prune``
 (``prune.global_unstructured`` with :class:`synflow_plugin.SynFlow`) and ``l1`` (torch's

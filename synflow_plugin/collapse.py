@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from synflow_plugin.criteria.base import Inputs, flow_outputs
-from synflow_plugin.targets import Target, clone_model, current_mask
+from synflow_plugin.targets import Target, clone_model, count_true, current_mask
 
 __all__ = ["LayerCollapseWarning", "collapsed_targets", "output_depends_on_input", "warn_collapse"]
 
@@ -36,7 +36,7 @@ def collapsed_targets(targets: Sequence[Target], masks: Sequence[torch.Tensor],
     before), or, pruned by output channels, left with one channel of several."""
     out = []
     for k, (target, mask, start) in enumerate(zip(targets, masks, start_masks)):
-        if mask.numel() == 0 or not bool(start.any()):
+        if mask.numel() == 0 or not count_true(start):
             continue
         if not bool(mask.any()):
             out.append(f"'{target.qualified_name}' (no weight left)")

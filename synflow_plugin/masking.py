@@ -33,7 +33,7 @@ from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.plan import Group, Member, Plan, bounded_drop
 from synflow_plugin.selection import Round, Survivors, drop_smallest, smallest_positions
 from synflow_plugin.session import SCHEDULES, SCOPES, ScoringRequest, ScoringSession, ZeroFlowWarning
-from synflow_plugin.targets import Target
+from synflow_plugin.targets import Target, count_true
 
 __all__ = [
     # the loop
@@ -267,7 +267,7 @@ def scope_plan(session: ScoringSession, amount: int | float, min_density: float 
     request, targets = session.request, session.targets
     caller = request.caller
     min_density = check_min_density(min_density, caller)
-    survivors = [int(m.sum()) for m in session.start_masks]
+    survivors = [count_true(m) for m in session.start_masks]
     floors = [min(n, math.ceil(min_density * t.numel - 1e-9)) for n, t in zip(survivors, targets)]
     members = [Member((t,), 0, target.numel, hi=n - floor if floor else None)
                for t, (target, n, floor) in enumerate(zip(targets, survivors, floors))]
@@ -363,10 +363,9 @@ class _Loop:
         # Kernel-ranked targets: the flat positions they may lose.
         on_kernels = {t for group in self.fast for t in group}
         self.on_kernels = on_kernels
-        candidates = [_positions(m) if t in on_kernels else np.empty(0, dtype=np.int64)
-                      for t, m in enumerate(session.start_masks)]
-        self.start_live = [c.size for c in candidates]
-        self.alive = Survivors(candidates, revivable=self.criterion.revives, threads=torch.get_num_threads())
+        self.alive = Survivors([m if t in on_kernels else None for t, m in enumerate(session.start_masks)],
+                               revivable=self.criterion.revives, threads=torch.get_num_threads())
+        self.start_live = [self.alive.live(t) for t in range(len(targets))]
         # Unit-ranked members: the units they may lose.
         self.members = [m for g in self.slow for m in g.members]
         self.units_alive = [self._candidate_units(m) for m in self.members]
@@ -612,9 +611,7 @@ class _Loop:
         in_members = {t for m in self.members for t in m.tensors}
         for t, (target, start) in enumerate(zip(self.session.targets, self.session.start_masks)):
             if t in self.on_kernels:
-                mask = torch.zeros(target.numel, dtype=torch.bool)
-                mask[torch.from_numpy(self.alive.positions(t))] = True
-                mask = mask.reshape(target.shape).to(start.device)
+                mask = torch.from_numpy(self.alive.flags(t)).reshape(target.shape).to(start.device)
             elif t in in_members:
                 flags = self._unit_flags(t)
                 mask = _unit_mask(flags, self.plan.units[t], target.shape, start.device) & start
@@ -625,13 +622,6 @@ class _Loop:
 
 
 # --------------------------------------------------------------------------- helpers
-def _positions(mask: torch.Tensor) -> np.ndarray:
-    """Flat positions (ascending) of a mask's True entries."""
-    if bool(mask.all()):
-        return np.arange(mask.numel(), dtype=np.int32 if mask.numel() < 2**31 else np.int64)
-    return np.flatnonzero(mask.reshape(-1).cpu().numpy())
-
-
 def _as_numpy(tensor: torch.Tensor, dtype: type | None = None) -> np.ndarray:
     """A flat float32/float64 numpy view (a copy only where needed) of ``tensor``."""
     tensor = tensor.detach()

@@ -5,29 +5,31 @@ iterative loop: it holds the weights each tensor may still lose and, in each rou
 scores them, prunes the smallest and zeroes them in the scored model, in one pass
 over the survivors.
 
-How a round stays at one pass. A stratified sample of the survivors' scores
-brackets the threshold between ``lo`` and ``hi``. The pass then drops the entries
-pruned in the previous round (compacting the survivors in place), scores the others
-and notes which lie below ``lo`` (pruned for sure) and which inside the bracket
-(ranked exactly afterwards, a small fraction of the survivors). If the bracket turns
-out not to contain the threshold, the pass is repeated with an infinite bracket, so
-the result never depends on the sample.
+How a round stays at one pass. The survivors of each tensor are a bitmap, one bit
+per weight. A stratified sample of the survivors' scores brackets the threshold
+between ``lo`` and ``hi``. The pass then scores every survivor and notes which lie
+below ``lo`` (pruned for sure: their bits go into a drop bitmap) and which inside
+the bracket (ranked exactly afterwards, a small fraction of the survivors). If the
+bracket turns out not to contain the threshold, the pass is repeated with an
+infinite bracket, so the result never depends on the sample.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from synflow_plugin import _kernels
 
 __all__ = ["smallest_positions", "drop_smallest", "Survivors"]
 
 _SAMPLE = 1 << 14
-_MAX_SPAN = 2**31 - 1  # offsets in a segment are int32
+_CHUNK = 1 << 20  # weights per kernel task (a multiple of 64; offsets in a chunk are int32)
 
 
 # --------------------------------------------------------------------------- one array
@@ -92,36 +94,40 @@ def drop_smallest(values: np.ndarray, count: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the rounds
 @dataclass(eq=False)
-class _Segment:
-    """A run of one tensor's survivors: int32 offsets from ``start``, ascending."""
+class _Chunk:
+    """A run of one tensor's survivor bitmap: words ``[first, stop)``, positions from
+    ``64 * first``; ``live`` of them survive."""
 
     target: int
-    start: int
-    pos: np.ndarray  # pos[:n] in use; an offset < 0 was pruned in the previous round
-    n: int
-    live: int  # entries of pos[:n] not marked
-    initial: np.ndarray | None  # the offsets the call started with, if they may come back
-    below: np.ndarray | None = None  # per round: indices into pos scored below the bracket
-    band: np.ndarray | None = None  # ... inside it, and their scores
-    band_score: np.ndarray | None = None
+    first: int
+    stop: int
+    live: int
+    band: np.ndarray | None = None  # per round: offsets scored inside the bracket
+    band_score: np.ndarray | None = None  # ... and their scores
     n_below: int = 0
     n_band: int = 0
     nan: int = 0
     nonzero: int = 0
     outside: int = 0
 
-    def scan_arguments(self, score: np.ndarray, weight: np.ndarray | None, lo: float, hi: float) -> tuple:
-        """The arguments of this segment's :func:`~synflow_plugin._kernels.score_passes` pass.
+    @property
+    def start(self) -> int:
+        """The flat position of the chunk's first bit."""
+        return 64 * self.first
 
-        ``below`` and ``band`` have room for every survivor, but a pass writes only the
+    def scan_arguments(self, bits: np.ndarray, drop: np.ndarray, score: np.ndarray, weight: np.ndarray | None,
+                       lo: float, hi: float) -> tuple:
+        """The arguments of this chunk's :func:`~synflow_plugin._kernels.scan_many` pass.
+
+        ``band`` has room for every position of the chunk, but a pass writes only the
         entries it finds, from the start: the pages past them are never touched, so they
         take address space, not memory."""
         if self.band_score is None or self.band_score.dtype != score.dtype:
-            size = self.pos.size
-            self.below, self.band = np.empty(size, np.int32), np.empty(size, np.int32)
-            self.band_score = np.empty(size, score.dtype)
-        return (self.pos, self.n, score[self.start:], None if weight is None else weight[self.start:],
-                lo, hi, self.below, self.band, self.band_score)
+            size = 64 * (self.stop - self.first)
+            self.band, self.band_score = _untouched(size, np.int32), _untouched(size, score.dtype)
+        a, b = self.first, self.stop
+        return (bits[a:b], score[self.start:], None if weight is None else weight[self.start:], lo, hi,
+                drop[a:b], self.band, self.band_score)
 
 
 @dataclass
@@ -146,48 +152,53 @@ class Round:
 class Survivors:
     """The weights each target may still lose, over the rounds of one pruning call.
 
+    Each target's survivors are a bitmap (one bit per weight), cut into chunks of
+    ``_CHUNK`` weights: the unit of work the kernels share out over threads.
+
     Args:
-        positions: per target, the ascending flat positions the call may prune (an int32
-            array starting at 0 is taken over as it is, not copied).
-        revivable: keep the starting positions for :meth:`reset` (criteria that revive).
-        threads: the scoring passes run on this many threads of torch's own OpenMP
-            team, where there is one (see :func:`~synflow_plugin._kernels.score_passes`).
+        flags: per target, a flat boolean array (or a tensor): the weights the call may
+            prune; ``None`` for a target that is not ranked here.
+        revivable: keep the starting survivors for :meth:`reset` (criteria that revive).
+        threads: the passes run on this many threads of torch's own OpenMP team, where
+            there is one (see :func:`~synflow_plugin._kernels.scan_many`).
     """
 
-    def __init__(self, positions: Sequence[np.ndarray], revivable: bool = False, threads: int = 1) -> None:
+    def __init__(self, flags: Sequence, revivable: bool = False, threads: int = 1) -> None:
         self.threads = threads
-        self._by_target = [self._split(t, np.asarray(p), revivable) for t, p in enumerate(positions)]
+        self.sizes = [0 if f is None else int(np.prod(f.shape)) for f in flags]
+        self.bits = [_bitmap(f) for f in flags]
+        self.drop = [np.zeros_like(b) for b in self.bits]
+        self.initial = [b.copy() for b in self.bits] if revivable else None
+        self._by_target = [self._split(t, b) for t, b in enumerate(self.bits)]
 
     @staticmethod
-    def _split(target: int, positions: np.ndarray, revivable: bool) -> list[_Segment]:
-        """Segments whose offsets fit in int32 (one per tensor below 2**31 weights)."""
-        segments, a = [], 0
-        while a < positions.size:
-            b = a + int(np.searchsorted(positions[a:], int(positions[a]) + _MAX_SPAN))
-            if a == 0 and b == positions.size and positions.dtype == np.int32 and positions[0] == 0:
-                offsets = positions  # already the offsets: taken over, not copied
-            else:
-                offsets = np.subtract(positions[a:b], positions[a], out=np.empty(b - a, np.int32), casting="unsafe")
-            segments.append(_Segment(target, int(positions[a]), offsets, offsets.size, offsets.size,
-                                     offsets.copy() if revivable else None))
-            a = b
-        return segments
+    def _split(target: int, bits: np.ndarray) -> list[_Chunk]:
+        words = _CHUNK // 64
+        chunks = []
+        for first in range(0, bits.size, words):
+            part = bits[first:first + words]
+            chunks.append(_Chunk(target, first, first + part.size, _popcount(part)))
+        return chunks
 
     # ----------------------------------------------------------------- queries
     def live(self, target: int) -> int:
         """How many weights of ``target`` survive."""
-        return sum(s.live for s in self._by_target[target])
+        return sum(c.live for c in self._by_target[target])
+
+    def flags(self, target: int) -> np.ndarray:
+        """The survivors of ``target`` as a flat boolean array."""
+        return _kernels.unpack(self.bits[target], self.sizes[target])
 
     def positions(self, target: int) -> np.ndarray:
         """The flat positions (int64, ascending) of ``target``'s survivors."""
-        parts = [s.start + s.pos[: s.n][s.pos[: s.n] >= 0].astype(np.int64) for s in self._by_target[target]]
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        return np.flatnonzero(self.flags(target))
 
     def reset(self) -> None:
-        """Back to the positions the call started with (needs ``revivable=True``)."""
-        for s in (s for segments in self._by_target for s in segments):
-            s.pos[:] = s.initial
-            s.n = s.live = s.initial.size
+        """Back to the survivors the call started with (needs ``revivable=True``)."""
+        for bits, initial, chunks in zip(self.bits, self.initial, self._by_target):
+            bits[:] = initial
+            for c in chunks:
+                c.live = _popcount(bits[c.first:c.stop])
 
     # ----------------------------------------------------------------- a round
     def prune(
@@ -216,68 +227,70 @@ class Survivors:
         target the call would prune (a bounded ranking fixes the targets over their bound
         and ranks the rest again).
         """
-        members = [[s for t in group for s in self._by_target[t]] for group in groups]
-        in_call = {s for segments in members for s in segments}
-        brackets = [self._bracket(segments, count, scores, weights, absolute, seed)
-                    for segments, count in zip(members, counts)]
-        self._scan([(s, b) for segments, b in zip(members, brackets) for s in segments], scores, weights, absolute)
-        chosen: dict[_Segment, np.ndarray] = {}
-        for segments, count in zip(members, counts):
-            below = sum(s.n_below for s in segments)
-            if not below <= count <= below + sum(s.n_band for s in segments):
+        members = [[c for t in group for c in self._by_target[t]] for group in groups]
+        in_call = {c for chunks in members for c in chunks}
+        brackets = [self._bracket(chunks, count, scores, weights, absolute, seed)
+                    for chunks, count in zip(members, counts)]
+        self._scan([(c, b) for chunks, b in zip(members, brackets) for c in chunks], scores, weights, absolute)
+        chosen: dict[_Chunk, np.ndarray] = {}
+        for chunks, count in zip(members, counts):
+            below = sum(c.n_below for c in chunks)
+            if not below <= count <= below + sum(c.n_band for c in chunks):
                 # The sample missed: every survivor goes into the band.
-                self._scan([(s, (-math.inf, math.inf)) for s in segments], scores, weights, absolute)
+                self._scan([(c, (-math.inf, math.inf)) for c in chunks], scores, weights, absolute)
                 below = 0
-            chosen.update(self._choose(segments, count - below))
+            chosen.update(self._choose(chunks, count - below))
 
-        # Per target, over the segments this call scanned (the others are left as they are).
-        scanned = [[s for s in segments if s in in_call] for segments in self._by_target]
-        nan, nonzero, outside = ([sum(getattr(s, stat) for s in segments) for segments in scanned]
+        # Per target, over the chunks this call scanned (the others are left as they are).
+        scanned = [[c for c in chunks if c in in_call] for chunks in self._by_target]
+        nan, nonzero, outside = ([sum(getattr(c, stat) for c in chunks) for chunks in scanned]
                                  for stat in ("nan", "nonzero", "outside"))
         pruned: list[np.ndarray | None] = [None] * len(self._by_target)
-        would = [sum(s.n_below + (chosen[s].size if s in chosen else 0) for s in segments) for segments in scanned]
+        would = [sum(c.n_below + (chosen[c].size if c in chosen else 0) for c in chunks) for chunks in scanned]
         if any(nan) or (hold_outside and any(outside)):
             return Round(nan, nonzero, outside, pruned, held=True, would=would)
         if dry_run:
             return Round(nan, nonzero, outside, pruned, would=would)
-        drops = []
-        for t, segments in enumerate(scanned):
-            parts = []
-            for s in segments:
-                index = s.below[: s.n_below]
-                if s in chosen:
-                    index = np.concatenate((index, chosen[s]))
-                if record[t]:
-                    parts.append(s.start + s.pos[index].astype(np.int64))
-                drops.append((s.pos, index, None if zero[t] is None else zero[t][s.start:]))
-                s.live -= index.size
-            if record[t]:
-                pruned[t] = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
-        _kernels.drop_many(drops, self.threads)
+        applies, applied = [], []
+        for t, chunks in enumerate(scanned):
+            drop = self.drop[t]
+            for c in chunks:
+                part = drop[c.first:c.stop]
+                if c in chosen:
+                    _kernels.mark(part, chosen[c])
+                weight = None if zero[t] is None else zero[t][c.start:]
+                applies.append((self.bits[t][c.first:c.stop], part, weight))
+                applied.append(c)
+            if record[t] and chunks:
+                a, b = chunks[0].first, chunks[-1].stop
+                pruned[t] = 64 * a + np.flatnonzero(_kernels.unpack(drop[a:b] & self.bits[t][a:b]))
+        for c, removed in zip(applied, _kernels.apply_many(applies, self.threads)):
+            c.live -= removed
         return Round(nan, nonzero, outside, pruned, would=would)
 
-    def _scan(self, work: list[tuple[_Segment, tuple[float, float]]], scores, weights, absolute) -> None:
-        """One scoring pass over each segment of ``work``, with its bracket ``(lo, hi)``."""
-        results = _kernels.score_passes(
-            [s.scan_arguments(scores[s.target], weights[s.target], lo, hi) for s, (lo, hi) in work],
+    def _scan(self, work: list[tuple[_Chunk, tuple[float, float]]], scores, weights, absolute) -> None:
+        """One scoring pass over each chunk of ``work``, with its bracket ``(lo, hi)``."""
+        results = _kernels.scan_many(
+            [c.scan_arguments(self.bits[c.target], self.drop[c.target], scores[c.target], weights[c.target], lo, hi)
+             for c, (lo, hi) in work],
             absolute, self.threads)
-        for (s, _), (n, s.n_below, s.n_band, s.nan, s.nonzero, s.outside) in zip(work, results):
-            s.n = s.live = n
+        for (c, _), (c.n_below, c.n_band, c.nan, c.nonzero, c.outside, live) in zip(work, results):
+            assert live == c.live, "the survivor count of a chunk drifted from its bitmap"
 
-    def _bracket(self, segments, count, scores, weights, absolute, seed) -> tuple[float, float]:
+    def _bracket(self, chunks, count, scores, weights, absolute, seed) -> tuple[float, float]:
         """Bounds ``lo <= threshold <= hi`` of the ``count``-th smallest score, from a sample."""
-        live = sum(s.live for s in segments)
+        live = sum(c.live for c in chunks)
         if count <= 0:
             return -math.inf, -math.inf
         if live <= 4 * _SAMPLE:
             return -math.inf, math.inf
         draws = []
-        for k, s in enumerate(segments):
-            if s.live:
-                out = np.empty(max(1, round(_SAMPLE * s.live / live)), dtype=scores[s.target].dtype)
-                weight = weights[s.target]
-                draws.append((s.pos, s.n, scores[s.target][s.start:], None if weight is None else weight[s.start:],
-                              out, seed * 1_000_003 + k))
+        for k, c in enumerate(chunks):
+            if c.live:
+                out = np.empty(max(1, round(_SAMPLE * c.live / live)), dtype=scores[c.target].dtype)
+                weight = weights[c.target]
+                draws.append((self.bits[c.target][c.first:c.stop], c.live, scores[c.target][c.start:],
+                              None if weight is None else weight[c.start:], out, seed * 1_000_003 + k))
         taken = _kernels.sample_many(draws, absolute, self.threads)
         sample = np.concatenate([draw[4][:m] for draw, m in zip(draws, taken)])
         m = sample.size
@@ -290,15 +303,39 @@ class Survivors:
         return (float(sample[low]) if low >= 0 else -math.inf), (float(sample[high]) if high < m else math.inf)
 
     @staticmethod
-    def _choose(segments: list[_Segment], count: int) -> dict[_Segment, np.ndarray]:
-        """The ``count`` smallest band entries of ``segments`` (indices into each one's pos)."""
+    def _choose(chunks: list[_Chunk], count: int) -> dict[_Chunk, np.ndarray]:
+        """The ``count`` smallest band entries of ``chunks`` (offsets from each one's start)."""
         if count <= 0:
             return {}
-        sizes = [s.n_band for s in segments]
+        sizes = [c.n_band for c in chunks]
         if count >= sum(sizes):
-            return {s: s.band[: s.n_band] for s in segments}
-        values = np.concatenate([s.band_score[: s.n_band] for s in segments])
+            return {c: c.band[: c.n_band] for c in chunks}
+        values = np.concatenate([c.band_score[: c.n_band] for c in chunks])
         picked = smallest_positions(values, count)
         bounds = np.cumsum([0] + sizes)
         cuts = np.searchsorted(picked, bounds)
-        return {s: s.band[picked[a:b] - lo] for s, a, b, lo in zip(segments, cuts[:-1], cuts[1:], bounds[:-1])}
+        return {c: c.band[picked[a:b] - lo] for c, a, b, lo in zip(chunks, cuts[:-1], cuts[1:], bounds[:-1])}
+
+
+def _untouched(size: int, dtype) -> np.ndarray:
+    """An array of ``size`` entries in memory of its own, mapped from the system: the
+    pages a pass never writes take no memory, and the array does not pin the C heap."""
+    buffer = mmap.mmap(-1, max(1, size * np.dtype(dtype).itemsize))
+    return np.frombuffer(buffer, dtype=dtype, count=size)
+
+
+def _bitmap(flags) -> np.ndarray:
+    """The bitmap of a target's flags: a boolean array or tensor, or None (no survivors)."""
+    if flags is None:
+        return np.zeros(0, dtype=np.uint64)
+    if isinstance(flags, torch.Tensor):
+        if flags.numel() and all(s == 0 for s in flags.stride()) and bool(flags.reshape(-1)[0]):
+            return _kernels.full_bitmap(flags.numel())  # an expanded all-True view: no copy needed
+        flags = flags.detach().reshape(-1).cpu().numpy()
+    return _kernels.bitmap(np.asarray(flags, dtype=bool).reshape(-1))
+
+
+def _popcount(words: np.ndarray) -> int:
+    """The number of set bits of a bitmap."""
+    return int(np.bitwise_count(words).sum(dtype=np.int64)) if hasattr(np, "bitwise_count") else int(
+        np.unpackbits(words.view(np.uint8)).sum(dtype=np.int64))

@@ -269,7 +269,10 @@ def _check_finite(model: nn.Module) -> None:
     with torch.no_grad():
         for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
             for name, tensor in named:
-                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                # A sum is NaN or infinite when an entry is (or the sum overflows: then the
+                # entries are checked one by one); it needs no tensor-sized temporary.
+                if (tensor.is_floating_point() and not bool(torch.isfinite(tensor.sum()))
+                        and not bool(torch.isfinite(tensor).all())):
                     bad = int((~torch.isfinite(tensor)).sum())
                     raise PruningError(
                         f"the model's {kind} '{name}' holds {bad} NaN or infinite value"

@@ -28,6 +28,7 @@ __all__ = [
     "prunable_parameters",
     "resolve_targets",
     "current_mask",
+    "count_true",
     # copies and views
     "clone_model",
     "scoring_copy",
@@ -156,6 +157,14 @@ def current_mask(module: nn.Module, name: str) -> torch.Tensor:
     if _is_pruned(module, name):
         return module._buffers[f"{name}_mask"].detach() != 0
     return torch.ones_like(getattr(module, name), dtype=torch.bool)
+
+
+def count_true(mask: torch.Tensor) -> int:
+    """The True entries of a boolean mask; an expanded scalar (the all-True view a
+    tensor without a prune mask gets) is counted without being materialised."""
+    if mask.numel() and not any(mask.stride()):
+        return mask.numel() if bool(mask.reshape(-1)[0]) else 0
+    return int(torch.count_nonzero(mask))
 
 
 def resolve_targets(

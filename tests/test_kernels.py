@@ -42,26 +42,36 @@ def random_case(rng, dtype, size):
     grad[rng.random(size) < 0.05] = 0  # ties at zero
     grad[rng.random(size) < 0.05] = 0.5  # and elsewhere
     weight = rng.standard_normal(size).astype(dtype)
-    pos = np.flatnonzero(rng.random(size) < rng.uniform(0.05, 1.0)).astype(np.int32)
-    pos[rng.random(pos.size) < 0.1] = -1  # pruned in the previous round
-    return grad, weight, pos
+    flags = rng.random(size) < rng.uniform(0.02, 1.0)
+    flags[: int(rng.integers(0, 200))] = True  # dense words beside sparse ones
+    return grad, weight, _kernels.bitmap(flags)
 
 
-def run_pass(pos, grad, weight, absolute, lo, hi):
-    pos = pos.copy()
-    below, band = np.empty(pos.size, np.int32), np.empty(pos.size, np.int32)
-    band_score = np.empty(pos.size, grad.dtype)
-    n, nb, nc, nan, nonzero, outside = _kernels.score_pass(pos, pos.size, grad, weight, absolute, lo, hi,
-                                                           below, band, band_score)
-    return (n, nan, nonzero, outside), pos[:n], below[:nb], band[:nc], band_score[:nc]
+def run_scan(bits, grad, weight, absolute, lo, hi):
+    drop = np.full(bits.size, 12345, dtype=np.uint64)  # every word is written
+    band, band_score = np.empty(64 * bits.size, np.int32), np.empty(64 * bits.size, grad.dtype)
+    stats = _kernels.scan(bits, grad, weight, absolute, lo, hi, drop, band, band_score)
+    return stats, drop, band[: stats[1]], band_score[: stats[1]]
+
+
+def test_bitmaps_hold_one_bit_per_flag():
+    flags = np.random.default_rng(0).random(1000) < 0.3
+    bits = _kernels.bitmap(flags)
+    assert bits.dtype == np.uint64 and bits.size == 16
+    assert np.array_equal(_kernels.unpack(bits, 1000), flags) and not _kernels.unpack(bits)[1000:].any()
+    assert np.array_equal(_kernels.unpack(_kernels.full_bitmap(130), 130), np.ones(130, bool))
+    assert _kernels.unpack(_kernels.full_bitmap(130)).sum() == 130
+    drop = np.zeros(16, np.uint64)
+    _kernels.mark(drop, np.array([0, 63, 64, 999]))
+    assert np.flatnonzero(_kernels.unpack(drop)).tolist() == [0, 63, 64, 999]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_score_pass_compacts_scores_and_sorts_by_the_bracket(variant, dtype):
+def test_scan_scores_the_live_entries_and_sorts_them_by_the_bracket(variant, dtype):
     rng = np.random.default_rng(0)
     for trial in range(60):
-        grad, weight, pos = random_case(rng, dtype, int(rng.integers(1, 3000)))
+        grad, weight, bits = random_case(rng, dtype, int(rng.integers(1, 3000)))
         if trial % 5 == 0:
             grad[rng.integers(grad.size)] = np.nan
         if trial % 4 == 1:  # scores outside the normal range: huge, infinite, tiny
@@ -73,67 +83,69 @@ def test_score_pass_compacts_scores_and_sorts_by_the_bracket(variant, dtype):
         lo, hi = sorted(float(x) for x in rng.standard_normal(2) * 0.5)
         if trial % 7 == 0:
             lo, hi = -np.inf, np.inf
-        got = with_variant(variant, run_pass, pos, grad, w, absolute, lo, hi)
+        stats, drop, band, band_score = with_variant(variant, run_scan, bits, grad, w, absolute, lo, hi)
 
-        live = pos[pos >= 0]
+        live = np.flatnonzero(_kernels.unpack(bits))
         with np.errstate(over="ignore", invalid="ignore"):
             scores = grad[live] * (1 if w is None else w[live])
         scores = np.abs(scores) if absolute else scores
-        low = np.flatnonzero(scores < lo)
-        inside = np.flatnonzero(~(scores < lo) & ~(scores > hi))  # NaN goes to the band
+        low = scores < lo
+        inside = ~low & ~(scores > hi)  # NaN goes to the band
         small, big = _kernels.normal_range(dtype)
         magnitude = np.abs(scores)
         outside = int(((magnitude > big) | ((magnitude < small) & (scores != 0))).sum())
-        assert got[0] == (live.size, int(np.isnan(scores).sum()), int(np.count_nonzero(scores)), outside)
-        assert np.array_equal(got[1], live)
-        assert np.array_equal(got[2], low) and np.array_equal(got[3], inside)
-        assert np.array_equal(got[4], scores[inside], equal_nan=True)
+        assert stats == (int(low.sum()), int(inside.sum()), int(np.isnan(scores).sum()),
+                         int(np.count_nonzero(scores)), outside, live.size)
+        assert np.array_equal(np.flatnonzero(_kernels.unpack(drop)), live[low])
+        assert np.array_equal(band, live[inside])
+        assert np.array_equal(band_score, scores[inside], equal_nan=True)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_score_passes_give_what_single_passes_give(variant, dtype, threads):
+def test_batched_scans_give_what_single_scans_give(variant, dtype, threads):
     rng = np.random.default_rng(4)
     cases = [random_case(rng, dtype, int(rng.integers(1, 20_000))) for _ in range(9)]
     brackets = [tuple(sorted(float(x) for x in rng.standard_normal(2))) for _ in cases]
 
     def arguments():
-        return [(pos.copy(), pos.size, grad, weight, lo, hi, np.empty(pos.size, np.int32),
-                 np.empty(pos.size, np.int32), np.empty(pos.size, dtype))
-                for (grad, weight, pos), (lo, hi) in zip(cases, brackets)]
+        return [(bits, grad, weight, lo, hi, np.empty(bits.size, np.uint64), np.empty(64 * bits.size, np.int32),
+                 np.empty(64 * bits.size, dtype)) for (grad, weight, bits), (lo, hi) in zip(cases, brackets)]
 
     batch = arguments()
-    results = with_variant(variant, _kernels.score_passes, batch, True, threads)
+    results = with_variant(variant, _kernels.scan_many, batch, True, threads)
     single = arguments()
-    expected = [_kernels.score_pass(a[0], a[1], a[2], a[3], True, *a[4:]) for a in single]
+    expected = [_kernels.scan(a[0], a[1], a[2], True, *a[3:]) for a in single]
     assert results == expected
-    for a, b, (n, nb, nc, *_) in zip(batch, single, expected):
-        assert np.array_equal(a[0][:n], b[0][:n]) and np.array_equal(a[6][:nb], b[6][:nb])
-        assert np.array_equal(a[7][:nc], b[7][:nc]) and np.array_equal(a[8][:nc], b[8][:nc])
+    for a, b, (nb, nc, *_) in zip(batch, single, expected):
+        assert np.array_equal(a[5], b[5])
+        assert np.array_equal(a[6][:nc], b[6][:nc]) and np.array_equal(a[7][:nc], b[7][:nc])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_batched_samples_and_drops_give_what_single_calls_give(variant, threads):
+def test_batched_samples_and_applies_give_what_single_calls_give(variant, threads):
     rng = np.random.default_rng(5)
     cases = [random_case(rng, np.float32, int(rng.integers(1, 20_000))) for _ in range(7)]
-    draws = [(pos, pos.size, grad, weight, np.empty(64, np.float32), k) for k, (grad, weight, pos) in enumerate(cases)]
+    counts = [int(np.count_nonzero(_kernels.unpack(bits))) for _, _, bits in cases]
+    draws = [(bits, n, grad, weight, np.empty(64, np.float32), k)
+             for k, ((grad, weight, bits), n) in enumerate(zip(cases, counts))]
     taken = with_variant(variant, _kernels.sample_many, draws, True, threads)
-    for (pos, n, grad, weight, out, seed), m in zip(draws, taken):
+    for (bits, n, grad, weight, out, seed), m in zip(draws, taken):
         single = np.empty(64, np.float32)
-        assert m == with_variant(variant, _kernels.sample_scores, pos, n, grad, weight, True, single, seed)
+        assert m == with_variant(variant, _kernels.sample, bits, n, grad, weight, True, single, seed)
         assert np.array_equal(out[:m], single[:m])
 
     batch, single = [], []
-    for grad, weight, pos in cases:
-        index = np.flatnonzero(rng.random(pos.size) < 0.3).astype(np.int32)
-        batch.append((pos.copy(), index, weight.copy()))
-        single.append((pos.copy(), index, weight.copy()))
-    with_variant(variant, _kernels.drop_many, batch, threads)
-    for (pos, index, weight), (pos2, _, weight2) in zip(batch, single):
-        _kernels.drop(pos2, index, weight2)
-        assert np.array_equal(pos, pos2) and np.array_equal(weight, weight2)
+    for grad, weight, bits in cases:
+        drop = _kernels.bitmap(rng.random(64 * bits.size) < 0.3)
+        batch.append((bits.copy(), drop, weight.copy()))
+        single.append((bits.copy(), drop, weight.copy()))
+    removed = with_variant(variant, _kernels.apply_many, batch, threads)
+    for (bits, drop, weight), (bits2, _, weight2), count in zip(batch, single, removed):
+        assert count == _kernels.apply(bits2, drop, weight2)
+        assert np.array_equal(bits, bits2) and np.array_equal(weight, weight2)
 
 
 @compiled
@@ -147,25 +159,28 @@ def test_the_openmp_runtime_of_torch_is_found_where_torch_uses_gnu_openmp():
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_sample_scores_draws_live_scores_from_every_stratum(variant):
+def test_sample_draws_live_scores_from_every_stratum(variant):
     rng = np.random.default_rng(1)
-    grad, weight, pos = random_case(rng, np.float32, 50_000)
+    grad, weight, bits = random_case(rng, np.float32, 50_000)
+    live = np.flatnonzero(_kernels.unpack(bits))
+    grad[live] = np.arange(live.size)  # the score of the live entry of rank r is r
+    weight[:] = 1
     out = np.full(512, np.nan, dtype=np.float32)
-    count = with_variant(variant, _kernels.sample_scores, pos, pos.size, grad, weight, True, out, 3)
-    live = pos[pos >= 0]
-    assert 0.8 * 512 < count <= 512 and not np.isnan(out[:count]).any()
-    assert np.isin(out[:count], np.abs(grad[live] * weight[live])).all()
+    count = with_variant(variant, _kernels.sample, bits, live.size, grad, weight, True, out, 3)
+    stratum = (out.astype(np.int64) * 512) // live.size
+    # One draw in each stratum (up to rounding at a stratum's edge), in rank order.
+    assert count == 512 and np.abs(stratum - np.arange(512)).max() <= 1 and (np.diff(out) > 0).all()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_drop_marks_entries_and_zeroes_their_weights_once(variant):
-    weight = np.arange(1, 11, dtype=np.float64)
-    pos = np.array([1, 3, 4, 7, 9], dtype=np.int32)
-    index = np.array([0, 3], dtype=np.int32)
-    with_variant(variant, _kernels.drop, pos, index, weight)
-    with_variant(variant, _kernels.drop, pos, index, weight)  # marked entries are left alone
-    assert pos.tolist() == [-1, 3, 4, -1, 9]
-    assert np.flatnonzero(weight == 0).tolist() == [1, 7]
+def test_apply_clears_live_bits_and_zeroes_their_weights_once(variant):
+    weight = np.arange(1, 131, dtype=np.float64)
+    bits = _kernels.bitmap(np.isin(np.arange(130), [1, 3, 4, 7, 9, 64, 129]))
+    drop = _kernels.bitmap(np.isin(np.arange(130), [1, 2, 7, 129]))  # 2 is not live: ignored
+    assert with_variant(variant, _kernels.apply, bits, drop, weight) == 3
+    assert with_variant(variant, _kernels.apply, bits, drop, weight) == 0  # cleared already
+    assert np.flatnonzero(_kernels.unpack(bits)).tolist() == [3, 4, 9, 64]
+    assert np.flatnonzero(weight == 0).tolist() == [1, 7, 129]
 
 
 @compiled
@@ -189,13 +204,13 @@ def reference_round(scores, live, groups, counts):
 
 @pytest.mark.parametrize("grouping", ["global", "local"])
 def test_survivors_prune_exactly_the_smallest_with_ties_by_position(grouping, monkeypatch):
-    monkeypatch.setattr(selection, "_MAX_SPAN", 2000)  # several segments per tensor
+    monkeypatch.setattr(selection, "_CHUNK", 2048)  # several chunks per tensor
     monkeypatch.setattr(selection, "_SAMPLE", 256)  # small tensors still use the bracket
     rng = np.random.default_rng(2)
     sizes = [7000, 300, 12000]
     scores = [np.round(rng.standard_normal(n), 1).astype(np.float32) for n in sizes]  # many ties
     weights = [np.ones(n, dtype=np.float32) for n in sizes]
-    live = [np.flatnonzero(rng.random(n) < 0.8) for n in sizes]
+    live = [rng.random(n) < 0.8 for n in sizes]
     groups = [[0, 1, 2]] if grouping == "global" else [[0], [1], [2]]
     alive = Survivors(live)
     for r in range(4):
@@ -214,14 +229,14 @@ def test_survivors_stay_exact_when_the_sample_misses_the_threshold(monkeypatch):
     rng = np.random.default_rng(3)
     scores = [rng.standard_normal(400_000).astype(np.float32)]
     monkeypatch.setattr(Survivors, "_bracket", staticmethod(lambda *args: (5.0, 6.0)))  # above every score
-    alive = Survivors([np.arange(400_000)])
+    alive = Survivors([np.ones(400_000, bool)])
     result = alive.prune(scores, [None], False, [[0]], [1234], zero=[None], record=[True])
     assert np.array_equal(result.pruned[0], np.sort(np.argsort(scores[0], kind="stable")[:1234]))
 
 
 def test_survivors_prune_nothing_on_nan_and_reset_to_the_start():
     scores = [np.arange(10, dtype=np.float64)]
-    alive = Survivors([np.arange(2, 10)], revivable=True)
+    alive = Survivors([np.arange(10) >= 2], revivable=True)
     alive.prune(scores, [None], False, [[0]], [3], zero=[None], record=[False])
     assert alive.positions(0).tolist() == [5, 6, 7, 8, 9]
     scores[0][7] = np.nan
