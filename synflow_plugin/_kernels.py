@@ -29,7 +29,7 @@ import torch
 
 __all__ = [
     "COMPILED", "simd", "openmp_parallel",
-    "bitmap", "full_bitmap", "unpack", "sample", "scan", "apply", "mark", "positions_beyond", "normal_range",
+    "bitmap", "full_bitmap", "unpack", "set_positions", "sample", "scan", "apply", "mark", "positions_beyond", "normal_range",
     "sample_many", "scan_many", "apply_many",
 ]
 
@@ -111,6 +111,14 @@ def full_bitmap(size: int) -> np.ndarray:
 def unpack(bits: np.ndarray, size: int | None = None) -> np.ndarray:
     """The flags of a bitmap as a boolean array (of ``size`` entries, default all its bits)."""
     return np.unpackbits(bits.view(np.uint8), bitorder="little", count=size).view(bool)
+
+
+def set_positions(bits: np.ndarray) -> np.ndarray:
+    """The ascending positions (int64) of a bitmap's set bits; words without one are
+    skipped, so a sparse bitmap costs what its set words cost."""
+    words = np.flatnonzero(bits)
+    flags = np.unpackbits(bits[words].view(np.uint8).reshape(-1, 8), axis=1, bitorder="little").view(bool)
+    return (words[:, None] * 64 + np.arange(64))[flags]
 
 
 def mark(drop: np.ndarray, offsets: np.ndarray) -> None:

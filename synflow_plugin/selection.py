@@ -191,7 +191,7 @@ class Survivors:
 
     def positions(self, target: int) -> np.ndarray:
         """The flat positions (int64, ascending) of ``target``'s survivors."""
-        return np.flatnonzero(self.flags(target))
+        return _kernels.set_positions(self.bits[target])
 
     def reset(self) -> None:
         """Back to the survivors the call started with (needs ``revivable=True``)."""
@@ -263,7 +263,7 @@ class Survivors:
                 applied.append(c)
             if record[t] and chunks:
                 a, b = chunks[0].first, chunks[-1].stop
-                pruned[t] = 64 * a + np.flatnonzero(_kernels.unpack(drop[a:b] & self.bits[t][a:b]))
+                pruned[t] = 64 * a + _kernels.set_positions(drop[a:b] & self.bits[t][a:b])
         for c, removed in zip(applied, _kernels.apply_many(applies, self.threads)):
             c.live -= removed
         return Round(nan, nonzero, outside, pruned, would=would)

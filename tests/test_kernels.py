@@ -61,6 +61,8 @@ def test_bitmaps_hold_one_bit_per_flag():
     assert np.array_equal(_kernels.unpack(bits, 1000), flags) and not _kernels.unpack(bits)[1000:].any()
     assert np.array_equal(_kernels.unpack(_kernels.full_bitmap(130), 130), np.ones(130, bool))
     assert _kernels.unpack(_kernels.full_bitmap(130)).sum() == 130
+    assert np.array_equal(_kernels.set_positions(bits), np.flatnonzero(flags))
+    assert _kernels.set_positions(np.zeros(3, np.uint64)).size == 0
     drop = np.zeros(16, np.uint64)
     _kernels.mark(drop, np.array([0, 63, 64, 999]))
     assert np.flatnonzero(_kernels.unpack(drop)).tolist() == [0, 63, 64, 999]
