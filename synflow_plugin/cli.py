@@ -127,6 +127,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: should be a number >= 0")
+    return value
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     # every item must be an integer: "1,x" or "1,,8" are refused, not read as (1,) or (1, 8)
     items = re.split(r"\s*[,x]\s*|\s+", text.strip())
@@ -167,7 +177,10 @@ def _key_value(text: str) -> tuple[str, Any]:
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        value = raw  # a bare word is a string
+        try:
+            value = json.loads(raw)  # JSON's true, false and null too
+        except json.JSONDecodeError:
+            value = raw  # a bare word is a string
     return key, value
 
 
@@ -281,10 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="imp: epochs per level (default 10); gemminer: score epochs per round (default 5)")
     training.add_argument("--lr", type=_positive_float, default=None,
                           help="learning rate (imp: 1e-3, cosine; gemminer: 0.1 on the scores)")
-    training.add_argument("--batch-size", type=_positive_int, default=128, help="(default: %(default)s)")
+    training.add_argument("--batch-size", type=_positive_int, default=None, help="(default: 128)")
     training.add_argument("--optimizer", choices=_TRAIN_OPTIMIZERS, default=None,
                           help="imp: adam (default) or sgd; gemminer: sgd (default) or adam")
-    training.add_argument("--weight-decay", type=float, default=None, help="(default: 0)")
+    training.add_argument("--weight-decay", type=_nonnegative_float, default=None, help="(default: 0)")
     training.add_argument("--levels", type=_positive_int, default=None,
                           help="imp: pruning levels (the rounds; default: as many as --rate needs)")
     training.add_argument("--rate", type=_positive_float, default=None,
@@ -343,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive_float, default=1e-3, help="initial learning rate, cosine schedule (default: %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="(default: %(default)s)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="(default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="(default: %(default)s)")
+    p.add_argument("--weight-decay", type=_nonnegative_float, default=0.0, help="(default: %(default)s)")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the data order and of a zoo model's initialisation (default: %(default)s)")
     sanity = p.add_argument_group("sanity checks (Frankle et al., ICLR 2021), applied before training")
     sanity.add_argument("--shuffle", action="store_true", help="permute each layer's mask at random")
@@ -724,7 +737,7 @@ def _cmd_prune(parser, args) -> int:
     return 0
 
 
-_TRAINING_ARGS = ("epochs", "lr", "optimizer", "weight_decay", "levels", "rate", "rewind_step")
+_TRAINING_ARGS = ("epochs", "lr", "batch_size", "optimizer", "weight_decay", "levels", "rate", "rewind_step")
 
 
 def _check_training_args(parser, args, caps, trains: bool) -> None:
@@ -746,6 +759,7 @@ def _check_training_args(parser, args, caps, trains: bool) -> None:
 def _training_options(parser, args, caps, spec, model) -> dict[str, Any]:
     """What a criterion that trains gets: a ``train_fn`` (``needs_training``) or the
     training set and its options (``reads_training_set``), and the record of both."""
+    batch_size = args.batch_size or 128
     from synflow_plugin.data import load_dataset, make_loader
 
     train_set, test_set = load_dataset(args.dataset, root=args.data_root)
@@ -756,9 +770,9 @@ def _training_options(parser, args, caps, spec, model) -> dict[str, Any]:
     chosen = {name: getattr(args, name) for name in ("epochs", "lr", "optimizer", "weight_decay")
               if getattr(args, name) is not None}
     if getattr(caps, "reads_training_set", False):
-        loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
+        loader = make_loader(train_set, batch_size=batch_size, shuffle=True, seed=args.seed)
         return {"data": loader, "options": chosen,
-                "record": dict(chosen, dataset=args.dataset, batch_size=args.batch_size)}
+                "record": dict(chosen, dataset=args.dataset, batch_size=batch_size)}
     from synflow_plugin.train import train_model
 
     settings = dict(epochs=10, lr=1e-3, optimizer="adam", weight_decay=0.0)
@@ -766,7 +780,7 @@ def _training_options(parser, args, caps, spec, model) -> dict[str, Any]:
     progress = _progress(args)
 
     def train_fn(net):
-        train_model(net, train_set, test_set, batch_size=args.batch_size, seed=args.seed, progress=progress,
+        train_model(net, train_set, test_set, batch_size=batch_size, seed=args.seed, progress=progress,
                     desc="imp level", **settings)
 
     options: dict[str, Any] = {"train_fn": train_fn}
@@ -776,7 +790,7 @@ def _training_options(parser, args, caps, spec, model) -> dict[str, Any]:
         options["rewind_step"] = args.rewind_step
         options["rewind_into"] = model
     return {"options": options,
-            "record": dict(settings, dataset=args.dataset, batch_size=args.batch_size, levels=args.levels,
+            "record": dict(settings, dataset=args.dataset, batch_size=batch_size, levels=args.levels,
                            rate=args.rate, rewind_step=args.rewind_step or 0)}
 
 

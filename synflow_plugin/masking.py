@@ -439,6 +439,7 @@ class _Loop:
         session, criterion = self.session, self.criterion
         state = session.state
         state.round = r
+        state.keeps = [(tuple(group), keep[r]) for group, keep in zip(self.fast, self.fast_keep)]
         if criterion.revives:
             self._revive(r)
         before = [self.alive.live(t) for t in range(len(session.targets))]

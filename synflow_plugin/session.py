@@ -109,6 +109,12 @@ class ScoringRequest:
                 "get different masks. Prune on one rank and broadcast the masks, or pass process_group=False "
                 "to prune each rank alone (knowingly)."
             )
+        if schedule != SCHEDULES[0] and type(built).keep_fractions is not Criterion.keep_fractions:
+            title = type(built).__name__.removesuffix("Criterion") or built.name
+            raise PruningError(
+                f"{caller}: schedule={schedule!r} does not apply to {title}, whose rounds follow its own schedule "
+                "(see its documentation, e.g. IMP's rate per level); leave schedule out."
+            )
         inputs = Inputs(example_inputs=example_inputs, data=data, loss_fn=loss_fn, num_batches=num_batches)
         if built.needs_data and not data_later:
             inputs.require_data(built.name, caller)

@@ -60,6 +60,7 @@ import torch
 from tqdm.auto import tqdm
 
 from synflow_plugin._files import write_json_atomic
+from synflow_plugin.cli import _key_value, _nonnegative_float, _positive_float, _positive_int, parse_compression
 from synflow_plugin.errors import PruningError, PruningTypeError
 
 __all__ = [
@@ -138,8 +139,6 @@ def _positive(value: Any, name: str, kind: str = "int") -> None:
 def _compression(value: Any) -> float:
     """A compression ratio >= 1: a number, or a string such as ``"100x"``, ``"1e2"``, ``"10^2"``."""
     if isinstance(value, str):
-        from synflow_plugin.cli import parse_compression  # imported here: cli imports this module
-
         try:
             return parse_compression(value)
         except argparse.ArgumentTypeError as exc:
@@ -159,7 +158,10 @@ _SUPPLIED = ("seed", "train_fn", "data", "example_inputs", "rewind_into")
 
 
 def _criterion_options(value: Any, known: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``Grid.criterion_options`` checked: criterion names to dicts of JSON keywords."""
+    """``Grid.criterion_options`` checked: criterion names to dicts of JSON keywords; an
+    option no trial could use (``iterations`` of a one-shot criterion) is refused."""
+    from synflow_plugin.demo import criterion_class
+
     if not isinstance(value, Mapping):
         raise PruningTypeError(f"Grid(): criterion_options={value!r} should be a dict of criterion name -> dict "
                                "of its keywords, e.g. {'imp': {'rate': 0.5}}")
@@ -178,6 +180,10 @@ def _criterion_options(value: Any, known: Sequence[str]) -> dict[str, dict[str, 
                                f"trial (its seed, training and data); leave out {', '.join(_SUPPLIED)}")
         if "iterations" in options:
             _positive(options["iterations"], f"criterion_options[{name!r}]['iterations']")
+            caps = criterion_class(key)
+            if caps.default_iterations <= 1 and not caps.needs_training:
+                raise PruningError(f"Grid(): criterion_options[{name!r}]['iterations']: {key} prunes in one round, "
+                                   "so iterations would be ignored; leave it out")
         try:
             json.dumps(dict(options), allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -516,7 +522,10 @@ def _execute(trial: Trial, record: dict[str, Any], times: dict[str, float], trai
     if trial.criterion != DENSE:
         caps = criterion_class(trial.criterion)
         options = dict(trial.criterion_options)
-        iterations = options.pop("iterations", trial.iterations)
+        # A criterion that trains in levels of its own (IMP) takes its count from its own
+        # options only: the grid's iterations are the other criteria's rounds.
+        own_rounds = caps.needs_training and caps.default_iterations <= 1
+        iterations = options.pop("iterations", None if own_rounds else trial.iterations)
         example = torch.randn(1, *info.input_shape)
         data = None
         if caps.reads_training_set:  # trains on the training set itself, in the trial's order
@@ -525,11 +534,13 @@ def _execute(trial: Trial, record: dict[str, Any], times: dict[str, float], trai
             data = calibration_batches(train, samples_per_class=trial.calibration_per_class, seed=trial.seed)
         if caps.needs_training:
             options["train_fn"] = _train_fn(trial, train, test)
+            if options.get("rewind_step"):  # the trial trains the rewound weights, as IMP prescribes
+                options["rewind_into"] = model
         kwargs = criterion_kwargs(caps, example_inputs=example, data=data, iterations=iterations,
                                   seed=trial.seed)
         if "seed" in kwargs:  # a criterion option: the instance is built here
             options["seed"] = kwargs.pop("seed")
-        if caps.needs_training and caps.default_iterations <= 1 and iterations is not None:
+        if own_rounds and iterations is not None:
             kwargs["iterations"] = iterations  # IMP's levels: its rounds are its own
         criterion = get_criterion(trial.criterion, **options)
         masks = compute_masks(model, params, criterion, trial.amount, progress=False,
@@ -1088,7 +1099,6 @@ results.json; a rerun retries them), 2 for a bad argument."""
 
 
 def _compressions_arg(text: str) -> tuple[float, ...]:
-    from synflow_plugin.cli import parse_compression
 
     items = [t.strip() for t in text.split(",")]
     if not items or any(not t for t in items):
@@ -1103,47 +1113,13 @@ def _seeds_arg(text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in items)
 
 
-def _int_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: should be a positive integer")
-    return value
-
-
-def _float_arg(minimum_exclusive: bool):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not (math.isfinite(value) and (value > 0 if minimum_exclusive else value >= 0)):
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}: should be a "
-                                             f"{'positive number' if minimum_exclusive else 'number >= 0'}")
-        return value
-    return parse
-
-
-def _option_arg(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"invalid option {text!r}: write NAME=VALUE, e.g. width=32")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw  # a bare word is a string
-    return key, value
-
-
 def _criterion_option_arg(text: str) -> tuple[str, str, Any]:
     head, sep, _ = text.partition("=")
     criterion, dot, _ = head.partition(".")
     if not sep or not dot or not criterion:
         raise argparse.ArgumentTypeError(f"invalid criterion option {text!r}: write CRITERION.NAME=VALUE, "
                                          "e.g. imp.rate=0.5")
-    key, value = _option_arg(text[len(criterion) + 1:])
+    key, value = _key_value(text[len(criterion) + 1:])
     return criterion.strip().lower(), key, value
 
 
@@ -1167,7 +1143,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     grid.add_argument("--config", metavar="FILE.json", default=None,
                       help="JSON object of grid settings; flags given as well override its keys")
     grid.add_argument("--model", default=None, metavar="NAME", help="zoo model (see `synflow-plugin list`)")
-    grid.add_argument("--model-option", type=_option_arg, action="append", default=[], metavar="NAME=VALUE",
+    grid.add_argument("--model-option", type=_key_value, action="append", default=[], metavar="NAME=VALUE",
                       help="model factory keyword, repeatable, e.g. depth=3 (merged over the config's model_options)")
     grid.add_argument("--criterion-option", type=_criterion_option_arg, action="append", default=[],
                       metavar="CRITERION.NAME=VALUE",
@@ -1180,19 +1156,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       help="comma-separated ratios of all weights to kept weights: 10,100, 1e3 or 10^2.5")
     grid.add_argument("--seeds", type=_seeds_arg, default=None, metavar="S,S",
                       help="comma-separated seeds of initialisation, calibration batch and data order (default: 0)")
-    grid.add_argument("--epochs", type=_int_arg, default=None, help="training epochs per trial (default: 10)")
+    grid.add_argument("--epochs", type=_positive_int, default=None, help="training epochs per trial (default: 10)")
     grid.add_argument("--dense", action="store_true", default=None,
                       help="also train the unpruned model once per seed (the figure's dashed line)")
-    grid.add_argument("--lr", type=_float_arg(True), default=None, help="initial learning rate, cosine schedule "
+    grid.add_argument("--lr", type=_positive_float, default=None, help="initial learning rate, cosine schedule "
                                                                          "(default: 1e-3)")
-    grid.add_argument("--batch-size", type=_int_arg, default=None, help="(default: 128)")
+    grid.add_argument("--batch-size", type=_positive_int, default=None, help="(default: 128)")
     grid.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="(default: adam)")
-    grid.add_argument("--weight-decay", type=_float_arg(False), default=None, help="(default: 0)")
-    grid.add_argument("--iterations", type=_int_arg, default=None,
+    grid.add_argument("--weight-decay", type=_nonnegative_float, default=None, help="(default: 0)")
+    grid.add_argument("--iterations", type=_positive_int, default=None,
                       help="rounds of the iterative criteria (default: each one's own, SynFlow 100)")
-    grid.add_argument("--calibration-per-class", type=_int_arg, default=None, metavar="N",
+    grid.add_argument("--calibration-per-class", type=_positive_int, default=None, metavar="N",
                       help="samples per class in the batch SNIP/GraSP score on (default: 10)")
-    grid.add_argument("--threads", type=_int_arg, default=None,
+    grid.add_argument("--threads", type=_positive_int, default=None,
                       help="torch threads inside each trial, and CPUs per Ray task (default: 1); part of the "
                            "trial, since results depend on it in their last bits")
     run = p.add_argument_group("running")

@@ -323,6 +323,8 @@ def test_imp_errors_name_what_to_pass_and_leave_the_model_untouched():
         compute_masks(model, pairs(model), "imp", 0.5, train_fn=lambda net: None, levels=1)
     with pytest.raises(PruningError, match="iterations=2 and levels=3 disagree"):
         compute_masks(model, pairs(model), "imp", 0.5, train_fn=sgd_train_fn, levels=3, iterations=2)
+    with pytest.raises(PruningError, match="schedule='linear' does not apply to IMP"):
+        compute_masks(model, pairs(model), "imp", 0.5, train_fn=sgd_train_fn, schedule="linear")
 
 
 def test_random_networks_keep_the_pruning_contract_with_imp():

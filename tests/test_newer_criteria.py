@@ -423,3 +423,24 @@ def test_phew_walks_every_weight_a_low_amount_keeps():
         warnings.simplefilter("error", PHEWWarning)
         masks = compute_masks(model, params, "phew", 0.5, seed=0)
     assert sum(int(m.sum()) for m in masks) == total - round(0.5 * total)
+
+
+@pytest.mark.parametrize("request_", [{"iterations": 3}, {"scope": "local"}, {"scope": "erk"}, {}])
+def test_phew_walks_every_weight_each_round_keeps(request_, monkeypatch):
+    """Walked weights score >= 2, magnitude fall-backs below 1: no kept weight may be a fall-back."""
+    last = {}
+    score = PHEWCriterion.score
+
+    def recording(self, state):
+        last["scores"] = score(self, state)
+        return last["scores"]
+
+    monkeypatch.setattr(PHEWCriterion, "score", recording)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PHEWWarning)  # and nothing to warn about
+        masks = compute_masks(model, prunable_parameters(model), "phew", 0.9, seed=0, **request_)
+    total = sum(m.numel() for m in masks)
+    assert abs(sum(int(m.sum()) for m in masks) - 0.1 * total) <= len(masks)  # per-tensor rounding when local
+    assert all(not (m & (s < 2)).any() for m, s in zip(masks, last["scores"]))

@@ -121,6 +121,7 @@ def test_grid_lists_every_trial_in_a_fixed_order():
     ({"criterion_options": {"imp": {"train_fn": "x"}}}, ["'train_fn'", "set by the sweep"]),
     ({"criterion_options": {"gemminer": {"iterations": 0}}}, ["iterations", "positive"]),
     ({"criterion_options": [("imp", {})]}, ["criterion_options", "dict of criterion name"]),
+    ({"criterion_options": {"snip": {"iterations": 5}}}, ["snip prunes in one round", "ignored"]),
 ])
 def test_bad_grid_values_are_refused_naming_them(change, words):
     with pytest.raises(PruningError) as info:
@@ -441,3 +442,20 @@ def test_criterion_options_from_the_command_line_and_old_files_resume(local_swee
     (out / sweep.RESULTS_FILE).write_text(json.dumps(payload))
     again = run_sweep(Grid(**TINY), out, progress=False, plot=False)
     assert (again.ran, again.skipped) == (0, 8)
+
+
+def test_option_values_read_like_python_or_json_literals():
+    from synflow_plugin.sweep import _criterion_option_arg
+
+    assert _criterion_option_arg("imp.rewind_step=2") == ("imp", "rewind_step", 2)
+    assert _criterion_option_arg("gemminer.affine=False") == ("gemminer", "affine", False)
+    assert _criterion_option_arg("gemminer.affine=false") == ("gemminer", "affine", False)
+    assert _criterion_option_arg("gemminer.init=signed_constant") == ("gemminer", "init", "signed_constant")
+
+
+def test_imp_trials_take_their_levels_and_rewinding_from_their_own_options(tmp_path):
+    grid = Grid(**dict(TRAINING, criteria=["imp"], iterations=5, criterion_options={"imp": {"rewind_step": 1}},
+                       compressions=[2], seeds=[3]))
+    (record,) = run_sweep(grid, tmp_path, progress=False, plot=False).records
+    assert record["status"] == "ok" and record["iterations"] == 4  # IMP's own 20% levels, not the grid's 5
+    assert not any("left unchanged" in w for w in record["warnings"])  # the rewound weights were trained

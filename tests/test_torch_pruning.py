@@ -465,6 +465,8 @@ def test_importance_pickles_after_use():
     first = importance(group)
     clone = pickle.loads(pickle.dumps(importance))
     assert_agree(clone(group), first, "synflow: unpickled importance vs original")
+    alone = pickle.loads(pickle.dumps(SynFlowImportance(min_channels=0, process_group=False)))
+    assert alone.process_group is False  # still this process alone, not the default group
 
 
 def test_a_model_that_is_not_the_traced_one_is_refused():

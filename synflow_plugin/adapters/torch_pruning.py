@@ -540,7 +540,8 @@ class PaIImportance(tp.importance.Importance):
         state = dict(self.__dict__)
         state["_cache"] = None  # holds a weak reference; scores are recomputed after unpickling
         state["_returned"] = {}
-        state["process_group"] = None  # a process group does not pickle; the default group is found again
+        if state["process_group"] is not False:  # False (this process alone) pickles; a group does not,
+            state["process_group"] = None  # and the default group is found again
         return state
 
     def _targets(self, model: nn.Module) -> list[tuple[nn.Module, str]]:

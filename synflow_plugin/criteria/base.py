@@ -246,6 +246,9 @@ class ScoringState:
         group: the ``torch.distributed`` process group of the call (None: this process alone).
         density: the fraction of the call's surviving weights the prune keeps in the end
             (set by the pruning loop; None when scores are asked for outside it).
+        keeps: this round's budgets, set by the pruning loop before each round: pairs
+            ``(target indices, weights they keep after the round)``, one per group of
+            single weights ranked together (None outside the loop).
     """
 
     model: nn.Module
@@ -263,6 +266,7 @@ class ScoringState:
     survivors: Callable[[], list[torch.Tensor]] | None = field(default=None, repr=False)
     group: Any = field(default=None, repr=False)
     density: float | None = None
+    keeps: list[tuple[tuple[int, ...], int]] | None = None
 
     def all_reduce(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Sum ``tensors`` in place over the ranks of the call's process group (nothing

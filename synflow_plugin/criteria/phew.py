@@ -175,25 +175,36 @@ class PHEWCriterion(Criterion):
         layers = [_Layer(p) for p in state.params]
         generator = state.cache["phew_generator"]
         first = [torch.full((p.numel(),), _NEVER, dtype=torch.int64) for p in state.params]
-        alive = sum(int(torch.count_nonzero(p.detach())) for p in state.params)
-        # at least the weights the prune keeps, so that every kept weight was walked
-        share = max(self.coverage, state.density if state.density is not None else 0.0)
-        wanted = min(alive, math.ceil(share * alive - 1e-9))
-        crossed, walks, cap = 0, 0, 10 * wanted + 100
+        # Every weight the round keeps must have been walked: per group ranked together,
+        # its budget for this round (the loop's), else the call's final share of all.
+        alive = [int(a.sum()) for a in state.alive()]
+        budgets = state.keeps or [(tuple(range(len(layers))), math.ceil(
+            (state.density if state.density is not None else 0.0) * sum(alive) - 1e-9))]
+        wanted = [(group, min(sum(alive[t] for t in group),
+                              max(keep, math.ceil(self.coverage * sum(alive[t] for t in group) - 1e-9))))
+                  for group, keep in budgets]
+        total = sum(w for _, w in wanted)
+        crossed, walks, cap = [0] * len(layers), 0, 10 * total + 100
         depth = len(layers)
-        block = max(64, min(8192, wanted // max(depth, 1) + 1))
-        while crossed < wanted and walks < cap and not all(layer.dead for layer in layers):
+        block = max(64, min(8192, total // max(depth, 1) + 1))
+
+        def short() -> list[tuple[tuple[int, ...], int]]:
+            return [(g, w) for g, w in wanted if sum(crossed[t] for t in g) < w]
+
+        while short() and walks < cap and not all(layer.dead for layer in layers):
             starts = torch.arange(walks // 2, walks // 2 + block)
             self._forward(layers, first, starts, 2 * starts * depth, generator)
             self._backward(layers, first, starts, (2 * starts + 1) * depth, generator)
             walks += 2 * block
-            before, crossed = crossed, sum(int((f < _NEVER).sum()) for f in first)
-            if crossed - before < _STALL * 2 * block * depth:
+            before, crossed = sum(crossed), [int((f < _NEVER).sum()) for f in first]
+            if sum(crossed) - before < _STALL * 2 * block * depth:
                 break  # the walks keep crossing the same weights: the rest are (nearly) unreachable
-        if crossed < wanted:
+        for group, w in short():
+            names = ", ".join(f"'{state.targets[t].qualified_name}'" for t in group)
             warnings.warn(
-                f"phew: {walks} walks crossed {crossed} of the {wanted} weights asked and found almost no "
-                "new ones; the weights kept beyond those crossed are kept by relative magnitude, not by walks.",
+                f"phew: {walks} walks crossed {sum(crossed[t] for t in group)} of the {w} weights of {names} "
+                "that this round keeps and found almost no new ones; the rest are kept by relative magnitude, "
+                "not by walks.",
                 PHEWWarning, stacklevel=2,
             )
         end = max((int(f[f < _NEVER].max()) for f in first if bool((f < _NEVER).any())), default=0) + 1

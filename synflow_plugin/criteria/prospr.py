@@ -147,7 +147,9 @@ class ProsPrCriterion(Criterion):
                    for x, y in state.cache["prospr_batches"]]
         names = [t.qualified_name for t in state.targets]
         target_ids = {id(p) for p in state.params}
-        others = {n: p for n, p in state.model.named_parameters() if id(p) not in target_ids and p.is_floating_point()}
+        # The other parameters take the steps too, unless the user froze them.
+        others = {n: p for n, p in state.model.named_parameters()
+                  if id(p) not in target_ids and p.is_floating_point() and state.requires_grad.get(n, True)}
         alive = [a.to(p.dtype) for a, p in zip(state.alive(), state.params)]
         masks = [torch.ones_like(p, requires_grad=True) for p in state.params]
         fast = {n: p.detach() * m for n, p, m in zip(names, state.params, masks)}

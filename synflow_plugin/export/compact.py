@@ -460,7 +460,7 @@ def _compact(model: nn.Module, inputs: tuple, ignored_copies: list, rtol: float,
                 kept[names.get(module, "?")] = f"{len(idxs)} zero output channel(s): {why}"
                 if strict:
                     break
-    elif failed is not None:
+    elif failed is not None and plan:  # nothing planned: the final check below reports the failure
         original.restore()
         module, _, idxs = plan[0]
         kept[names.get(module, "?")] = f"{len(idxs)} zero output channel(s): {failed}"
