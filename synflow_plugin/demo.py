@@ -59,6 +59,7 @@ from synflow_plugin.diagnostics import CollapseResult, critical_compression, lay
 from synflow_plugin.errors import PruningError
 from synflow_plugin.masking import LayerCollapseWarning, ZeroFlowWarning, compute_masks
 from synflow_plugin.models import create_model
+from synflow_plugin.sweep import CRITERION_COLORS
 from synflow_plugin.targets import prunable_parameters
 
 __all__ = [
@@ -493,7 +494,7 @@ def _summarise(runs: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str
     for key, members in groups.items():
         accs = [m["test_accuracy"] for m in members]
         out.append({**dict(zip(keys, key)), "mean_accuracy": statistics.fmean(accs),
-                    "std_accuracy": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+                    "std_accuracy": statistics.pstdev(accs),
                     "seeds": len(accs), "collapsed_runs": sum(bool(m["collapsed_layers"]) for m in members)})
     return out
 
@@ -581,9 +582,9 @@ def _summarise_tickets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "criterion": criterion, "compression": compression, "density": 1.0 / compression,
             "mean_accuracy": statistics.fmean(accs) if accs else None,
-            "std_accuracy": (statistics.pstdev(accs) if len(accs) > 1 else 0.0) if accs else None,
+            "std_accuracy": statistics.pstdev(accs) if accs else None,
             "mean_seconds": statistics.fmean(secs) if secs else None,
-            "std_seconds": (statistics.pstdev(secs) if len(secs) > 1 else 0.0) if secs else None,
+            "std_seconds": statistics.pstdev(secs) if secs else None,
             "rounds": sorted({m["iterations"] for m in ok if m.get("iterations") is not None}),
             "seeds": len(ok), "failed": len(members) - len(ok),
             "collapsed_runs": sum(bool(m.get("collapsed_layers")) for m in ok),
@@ -720,9 +721,6 @@ def MaxNLocator(**kwargs):  # noqa: N802 - matplotlib's name, imported lazily
     return locator(**kwargs)
 
 
-_COLORS = {"magnitude": "tab:orange", "random": "tab:gray", "snip": "tab:green", "grasp": "tab:purple",
-           "synflow": "tab:blue", "dense": "black", "gemminer": "tab:red", "imp": "tab:brown",
-           "ntksap": "tab:cyan", "prospr": "tab:olive", "phew": "tab:pink"}
 
 
 def _critical_axes(ax, collapse: dict[str, Any], s: DemoSettings) -> None:
@@ -730,7 +728,7 @@ def _critical_axes(ax, collapse: dict[str, Any], s: DemoSettings) -> None:
     xs = range(len(names))
     measured = [collapse["criteria"][n]["critical_exponent"] or 0.0 for n in names]
     paper = [collapse["criteria"][n]["paper_exponent"] or 0.0 for n in names]
-    ax.bar([x - 0.2 for x in xs], measured, 0.4, color=[_COLORS.get(n, "tab:cyan") for n in names],
+    ax.bar([x - 0.2 for x in xs], measured, 0.4, color=[CRITERION_COLORS.get(n, "tab:cyan") for n in names],
            label="measured here")
     ax.bar([x + 0.2 for x in xs], paper, 0.4, color="none", edgecolor="black", hatch="//",
            label="paper (Tanaka et al. 2020)")
@@ -755,7 +753,7 @@ def _accuracy_axes(ax, accuracy: dict[str, Any]) -> None:
         rows = sorted((r for r in summary if r["criterion"] == criterion), key=lambda r: r["exponent"])
         ax.errorbar([10 ** r["exponent"] for r in rows], [100 * r["mean_accuracy"] for r in rows],
                     yerr=[100 * r["std_accuracy"] for r in rows], marker="o", capsize=3,
-                    color=_COLORS.get(criterion), label=criterion)
+                    color=CRITERION_COLORS.get(criterion), label=criterion)
     ax.set_xscale("log")
     ax.set_xlabel("compression (dense weights / kept weights)")
     ax.set_ylabel("test accuracy (%)")
@@ -861,7 +859,7 @@ def _plot_tickets(tickets: dict[str, Any], path: Path) -> None:
                 label += f" (rate {tickets['criterion_options'][criterion]['rate']:g}/level)"
             ax.errorbar([100 * r["density"] for r in points], [100 * r["mean_accuracy"] for r in points],
                         yerr=[100 * r["std_accuracy"] for r in points], marker="o", capsize=3,
-                        color=_COLORS.get(criterion), label=label)
+                        color=CRITERION_COLORS.get(criterion), label=label)
         ax.set_xscale("log")
         ax.set_xticks([100 * d for d in tickets["densities"]])
         ax.set_xticklabels([f"{100 * d:g}%" for d in tickets["densities"]])

@@ -1017,15 +1017,18 @@ def summarise(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "criterion": criterion, "compression": compression,
             "mean_accuracy": statistics.fmean(accs) if accs else None,
-            "std_accuracy": (statistics.pstdev(accs) if len(accs) > 1 else 0.0) if accs else None,
+            "std_accuracy": statistics.pstdev(accs) if accs else None,
             "seeds": len(ok), "failed": len(members) - len(ok),
             "collapsed_runs": sum(bool(m.get("collapsed_layers")) for m in ok),
         })
     return out
 
 
-_COLORS = {"magnitude": "tab:orange", "random": "tab:gray", "snip": "tab:green", "grasp": "tab:purple",
-           "synflow": "tab:blue", "itersnip": "tab:olive", "force": "tab:red"}
+#: One colour per criterion in every figure (sweeps and the demo).
+CRITERION_COLORS = {"magnitude": "tab:orange", "random": "tab:gray", "snip": "tab:green", "grasp": "tab:purple",
+                    "synflow": "tab:blue", "dense": "black", "gemminer": "tab:red", "imp": "tab:brown",
+                    "ntksap": "tab:cyan", "prospr": "tab:olive", "phew": "tab:pink", "itersnip": "darkolivegreen",
+                    "force": "firebrick"}
 
 
 def plot_sweep(records: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
@@ -1063,7 +1066,7 @@ def plot_sweep(records: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
         points = sorted((r for r in rows if r["criterion"] == criterion), key=lambda r: r["compression"])
         ax.errorbar([r["compression"] for r in points], [100 * r["mean_accuracy"] for r in points],
                     yerr=[100 * r["std_accuracy"] for r in points], marker="o", capsize=3,
-                    color=_COLORS.get(criterion), label=criterion)
+                    color=CRITERION_COLORS.get(criterion), label=criterion)
     ax.set_xscale("log")
     ax.set_xlabel("compression (all weights / kept weights)")
     ax.set_ylabel("test accuracy (%)")

@@ -388,9 +388,10 @@ class PaIImportance(tp.importance.Importance):
                 if channels is None:
                     self._warn_unsupported(module, name, direction)
                     continue
-                index = torch.as_tensor(list(idxs), dtype=torch.long, device=channels.device)
-                if index.numel() and int(index.max()) >= channels.numel():
-                    self._refuse_mapping(group, graph, module, direction, channels.numel(), index)
+                index = list(idxs)
+                if index and max(index) >= channels.numel():  # checked on the host: no device sync
+                    self._refuse_mapping(group, graph, module, direction, channels.numel(), max(index))
+                index = torch.as_tensor(index, dtype=torch.long, device=channels.device)
                 local_scores.append(channels.index_select(0, index))
                 local_positions.append(torch.as_tensor([position[r] for r in roots], dtype=torch.long,
                                                        device=channels.device))
@@ -488,11 +489,11 @@ class PaIImportance(tp.importance.Importance):
         return found
 
     def _refuse_mapping(self, group: Any, graph: Any, module: nn.Module, direction: str, count: int,
-                        index: torch.Tensor) -> None:
+                        largest: int) -> None:
         name = getattr(graph, "_module2name", {}).get(module, type(module).__name__)
         raise PruningError(
             f"{type(self).__name__}: torch-pruning maps the group of {_group_label(group, graph)} to "
-            f"{'output' if direction == 'out' else 'input'} channels up to {int(index.max())} of '{name}' "
+            f"{'output' if direction == 'out' else 'input'} channels up to {largest} of '{name}' "
             f"({type(module).__name__}), which has {count}: its dependency graph cannot prune this group "
             "(seen with fused query/key/value layers split by heads, e.g. GPT-2's c_attn). Add the layers of "
             "that group to ignored_layers, or prune without num_heads= for them; nothing was pruned."
