@@ -444,8 +444,10 @@ class _Loop:
             self._revive(r)
         before = [self.alive.live(t) for t in range(len(session.targets))]
 
-        widen = criterion.wide_range and state.can_promote
         scores = session.scores()
+        # After scoring: a criterion may have promoted the copy itself (SynFlow does when
+        # its flow leaves the dtype's range), and then nothing is left to widen.
+        widen = criterion.wide_range and state.can_promote
         units, outside = self._unit_scores(scores)
         result = self._rank(scores, before, r, hold=widen)
         if widen and (result.held or outside) and state.promote():

@@ -281,3 +281,20 @@ def test_scores_near_float64s_smallest_normal_are_warned_about():
         masks = synflow_masks(model, 0.5, 2, 2)
     assert sum(int(m.sum()) for m in masks) == 4
     assert sum(issubclass(w.category, PrecisionWarning) for w in record) == 1
+
+
+def test_a_round_promoted_by_synflow_itself_still_prunes_its_count():
+    # The flow of this float32 net leaves float32, so SynFlow moves the copy to float64
+    # while scoring; some float64 scores then lie near its smallest normal. The round
+    # cannot widen further: it must prune (and warn), not hold back and keep every weight.
+    from synflow_plugin.masking import PrecisionWarning
+
+    torch.manual_seed(4)
+    model = nn.Sequential(*[m for _ in range(40) for m in (nn.Linear(64, 64, bias=False), nn.ReLU())])
+    with torch.no_grad():
+        for layer in model[::2]:
+            layer.weight.mul_(5e-9)
+    with pytest.warns(PrecisionWarning):
+        masks = compute_masks(model, prunable_parameters(model), "synflow", 0.9, example_inputs=torch.randn(1, 64),
+                              iterations=1)
+    assert sum(int(m.sum()) for m in masks) == round(0.1 * 40 * 64 * 64)
