@@ -6,7 +6,9 @@ the new peak read. The excess over the baseline is what pruning cost; it is prin
 divided by the bytes of the pruned weights. Goal: <= 3x for the core loop (a scoring
 copy, its gradients, the survivors' bitmap).
 
-Paths: ``core`` (:func:`synflow_plugin.compute_masks`), ``prune``
+Paths: ``core`` (:func:`synflow_plugin.compute_masks`), ``streamed`` (the same with the
+gradients streamed, as the loop does when holding them all would crowd the machine's
+memory: see :data:`synflow_plugin.masking.STREAM_FRACTION`), ``prune``
 (``prune.global_unstructured`` with :class:`synflow_plugin.SynFlow`) and ``l1`` (torch's
 own ``L1Unstructured`` through ``global_unstructured``, for comparison).
 
@@ -54,7 +56,11 @@ def measure(path: str, model_name: str, width: float, mlp: int, rounds: int) -> 
     gc.collect()
     baseline = _rss("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    if path == "core":
+    if path in ("core", "streamed"):
+        if path == "streamed":
+            from synflow_plugin import masking
+
+            masking._available_memory = lambda: 1  # as if memory were short
         compute_masks(model, params, "synflow", 0.999, example_inputs=x, iterations=rounds)
     elif path == "prune":
         prune.global_unstructured(params, pruning_method=SynFlow, amount=0.999, model=model, example_inputs=x,
@@ -72,7 +78,7 @@ def main() -> None:
     parser.add_argument("--mlp", type=int, default=0, help="weights of a 4-layer MLP instead of a zoo model")
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--paths", default="core,prune,l1")
+    parser.add_argument("--paths", default="core,streamed,prune,l1")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

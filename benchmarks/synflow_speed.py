@@ -5,8 +5,10 @@ floor is 100 plain forward+backward passes of the same model on the same input,
 timed just before and just after it in the same run (the machine is shared, so
 only side-by-side ratios mean anything). Target: ratio <= 1.3.
 
-Two SynFlow timings are printed: through ``prune.global_unstructured`` (as users
-call it) and the core loop ``compute_masks`` alone. The difference is torch's own
+Three SynFlow timings are printed: through ``prune.global_unstructured`` (as users
+call it), the core loop ``compute_masks`` alone, and the core loop with the gradients
+streamed (as it runs when holding them all would crowd the machine's memory; see
+``synflow_plugin.masking.STREAM_FRACTION``). The first two differ by torch's own
 flattening and mask bookkeeping, which every ``global_unstructured`` call pays
 whatever the method; it is timed on its own too, with a method that hands back a
 ready mask. Wall and CPU time are both reported: with ``--threads 1`` the CPU time
@@ -25,7 +27,7 @@ import warnings
 import torch
 from torch.nn.utils import prune
 
-from synflow_plugin import LayerCollapseWarning, SynFlow, compute_masks, prunable_parameters
+from synflow_plugin import LayerCollapseWarning, SynFlow, compute_masks, masking, prunable_parameters
 from synflow_plugin.models import create_model
 
 
@@ -87,12 +89,19 @@ def torch_bookkeeping(model_fn, mask):
     return elapsed
 
 
-def synflow_core(model_fn, x, density, rounds):
-    """The core loop alone, without prune's own flattening and mask bookkeeping."""
+def synflow_core(model_fn, x, density, rounds, streamed=False):
+    """The core loop alone, without prune's own flattening and mask bookkeeping;
+    ``streamed``: as if memory were short, so that each gradient is ranked as it comes."""
     model = model_fn()
-    with Clock() as elapsed:
-        compute_masks(model, prunable_parameters(model), "synflow", 1 - density, example_inputs=x,
-                      iterations=rounds, progress=False)
+    available = masking._available_memory
+    if streamed:
+        masking._available_memory = lambda: 1
+    try:
+        with Clock() as elapsed:
+            compute_masks(model, prunable_parameters(model), "synflow", 1 - density, example_inputs=x,
+                          iterations=rounds, progress=False)
+    finally:
+        masking._available_memory = available
     return elapsed
 
 
@@ -117,6 +126,7 @@ def main() -> None:
         warnings.simplefilter("ignore", LayerCollapseWarning)
         synflow_prune(model_fn, x, args.density, 2)
         synflow_core(model_fn, x, args.density, 2)
+        synflow_core(model_fn, x, args.density, 2, streamed=True)
         ready = torch.cat([m.reshape(-1) for m in compute_masks(
             floor_model, prunable_parameters(floor_model), "synflow", 1 - args.density, example_inputs=x,
             iterations=2)])
@@ -124,6 +134,7 @@ def main() -> None:
     print(f"{args.model}, {sum(p.numel() for p in floor_model.parameters()):,} parameters, "
           f"density {args.density:g}, {args.rounds} rounds, {torch.get_num_threads()} threads")
     ratios = {"prune wall": [], "prune cpu": [], "core wall": [], "core cpu": [],
+              "streamed core wall": [], "streamed core cpu": [],
               "torch's bookkeeping wall": [], "torch's bookkeeping cpu": []}
     for i in range(args.repeats):
         # The floor is timed before, between and after, so drifting load hits every side.
@@ -133,8 +144,13 @@ def main() -> None:
         core = synflow_core(model_fn, x, args.density, args.rounds)
         bookkeeping = torch_bookkeeping(model_fn, ready)
         third = plain_passes(floor_model, x, args.rounds)
+        streamed = synflow_core(model_fn, x, args.density, args.rounds, streamed=True)
+        fourth = plain_passes(floor_model, x, args.rounds)
         floor1 = Clock.mean(first, second)
         floor2 = Clock.mean(second, third)
+        floor3 = Clock.mean(third, fourth)
+        ratios["streamed core wall"].append(streamed.wall / floor3.wall)
+        ratios["streamed core cpu"].append(streamed.cpu / floor3.cpu)
         ratios["prune wall"].append(ours.wall / floor1.wall)
         ratios["prune cpu"].append(ours.cpu / floor1.cpu)
         ratios["core wall"].append(core.wall / floor2.wall)
@@ -144,7 +160,8 @@ def main() -> None:
         print(f"  run {i + 1}: prune.global_unstructured {ours.wall:5.2f} s wall {ours.cpu:5.2f} s cpu "
               f"(floor {floor1.wall:5.2f} / {floor1.cpu:5.2f}) | compute_masks {core.wall:5.2f} s wall "
               f"{core.cpu:5.2f} s cpu (floor {floor2.wall:5.2f} / {floor2.cpu:5.2f}) | torch's bookkeeping "
-              f"{bookkeeping.wall:4.2f} s wall | density {density:.6f}")
+              f"{bookkeeping.wall:4.2f} s wall | streamed {streamed.wall:5.2f} s wall (floor {floor3.wall:5.2f}) | "
+              f"density {density:.6f}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
     print("median ratio to the floor (target <= 1.3): " + ", ".join(

@@ -42,7 +42,7 @@ from synflow_plugin.adapters.torch_prune import (
     snip_unstructured,
     synflow_unstructured,
 )
-from synflow_plugin.criteria import CRITERIA, Criterion, get_criterion, list_criteria, register_criterion
+from synflow_plugin.criteria import CRITERIA, Criterion, GradientCriterion, get_criterion, list_criteria, register_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.collapse import LayerCollapseWarning
 from synflow_plugin.masking import PrecisionWarning, ZeroFlowWarning, compute_masks, compute_scores
@@ -84,6 +84,7 @@ __all__ = [
     "clone_model",
     "embeddings_as_inputs",
     "Criterion",
+    "GradientCriterion",
     "CRITERIA",
     "get_criterion",
     "list_criteria",

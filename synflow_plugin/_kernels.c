@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 /* Bumped whenever a signature below changes, so that a stale build is never called. */
-int kernels_abi(void) { return 7; }
+int kernels_abi(void) { return 8; }
 
 /* The score of offset p: grad[p], times weight[p] when weight is not NULL, in
  * absolute value when absolute != 0. The four cases are separate loops. */
@@ -426,6 +426,11 @@ static void run_apply(void *task, int absolute, int64_t itemsize) {
 void apply_many(apply_task *tasks, int64_t count, parallel_fn parallel, unsigned threads) {
     batch b = {(char *)tasks, count, sizeof(apply_task), 0, run_apply, 0, 0};
     run_in_team(b, parallel, threads);
+}
+
+/* Sets the bits at offsets[0..n) in drop[]. */
+void mark(uint64_t *drop, const int32_t *offsets, int64_t n) {
+    for (int64_t i = 0; i < n; i++) drop[offsets[i] >> 6] |= 1ull << (offsets[i] & 63);
 }
 
 /* Positions i (ascending) with values[i] <= bound (upper != 0) or >= bound, written to

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-_ABI = 7  # must equal kernels_abi() in _kernels.c
+_ABI = 8  # must equal kernels_abi() in _kernels.c
 
 
 def _load() -> ctypes.CDLL | None:
@@ -57,6 +57,8 @@ def _load() -> ctypes.CDLL | None:
             scan_.restype = None
         lib.apply.argtypes = [p, p, i64, p, i64]
         lib.apply.restype = i64
+        lib.mark.argtypes = [p, p, i64]
+        lib.mark.restype = None
         lib.kernels_simd.argtypes = [c_int]
         lib.kernels_simd.restype = c_int
         lib.scan_many.argtypes = lib.sample_many.argtypes = [p, i64, c_int, i64, p, ctypes.c_uint]
@@ -123,9 +125,13 @@ def set_positions(bits: np.ndarray) -> np.ndarray:
 
 def mark(drop: np.ndarray, offsets: np.ndarray) -> None:
     """Set the bits at ``offsets`` in the bitmap ``drop``."""
-    if offsets.size:
-        offsets = offsets.astype(np.int64, copy=False)
-        np.bitwise_or.at(drop, offsets >> 6, np.left_shift(np.uint64(1), (offsets & 63).astype(np.uint64)))
+    if not offsets.size:
+        return
+    if offsets.dtype == np.int32 and _usable(drop, offsets):
+        _LIB.mark(drop.ctypes.data, offsets.ctypes.data, offsets.size)
+        return
+    offsets = offsets.astype(np.int64, copy=False)
+    np.bitwise_or.at(drop, offsets >> 6, np.left_shift(np.uint64(1), (offsets & 63).astype(np.uint64)))
 
 
 def _scores(offsets: np.ndarray, grad: np.ndarray, weight: np.ndarray | None, absolute: bool) -> np.ndarray:

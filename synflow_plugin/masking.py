@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from synflow_plugin._kernels import normal_range
 from synflow_plugin.collapse import LayerCollapseWarning, warn_collapse
-from synflow_plugin.criteria import Criterion
+from synflow_plugin.criteria import Criterion, GradientCriterion
 from synflow_plugin.distributed import check_same_on_every_rank
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.plan import Group, Member, Plan, bounded_drop
@@ -340,6 +340,25 @@ def run_plan(session: ScoringSession, plan: Plan) -> list[torch.Tensor]:
     return masks
 
 
+#: A round streams the gradients (ranks each as the backward pass produces it, and
+#: frees it) when holding all of them would take more than this fraction of the
+#: memory available at the start of the call; the masks are the same either way.
+STREAM_FRACTION = 0.25
+
+
+def _available_memory() -> int | None:
+    """The bytes of memory the system can still give (Linux's MemAvailable), or None
+    where it does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 _GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
 
 
@@ -418,6 +437,15 @@ class _Loop:
         self.floors = [[u.size - k for k in self._keeps(u.size, u.size - min(m.lo, u.size))]
                        for m, u in zip(self.members, self.units_alive)]
 
+        # Whether rounds take the gradients as they come (see _streams): where they can,
+        # and where holding every gradient at once would take memory the machine lacks.
+        gradient_bytes = session.weight_bytes(on_kernels)
+        available = _available_memory()
+        self.streaming = (isinstance(self.criterion, GradientCriterion) and self.criterion.streams
+                          and not self.criterion.revives and not self.members and bool(self.fast)
+                          and all(b is None for b in self.fast_bounds)
+                          and available is not None and gradient_bytes > STREAM_FRACTION * available)
+
     def _keeps(self, start: int, final: int) -> list[int]:
         """What a group of ``start`` that ends at ``final`` keeps after each round."""
         if self.fractions is None:
@@ -444,18 +472,20 @@ class _Loop:
             self._revive(r)
         before = [self.alive.live(t) for t in range(len(session.targets))]
 
-        scores = session.scores()
-        # After scoring: a criterion may have promoted the copy itself (SynFlow does when
-        # its flow leaves the dtype's range), and then nothing is left to widen.
-        widen = criterion.wide_range and state.can_promote
-        units, outside = self._unit_scores(scores)
-        result = self._rank(scores, before, r, hold=widen)
-        if widen and (result.held or outside) and state.promote():
-            # A score left the normal range of the model's dtype: this round again in float64.
+        result, units = (self._streamed_round(r, before) if self._streams(state) else None), []
+        if result is None:
             scores = session.scores()
+            # After scoring: a criterion may have promoted the copy itself (SynFlow does
+            # when its flow leaves the dtype's range), and then nothing is left to widen.
+            widen = criterion.wide_range and state.can_promote
             units, outside = self._unit_scores(scores)
-            result = self._rank(scores, before, r, hold=False)
-        self._check(scores, units, result)
+            result = self._rank(scores, before, r, hold=widen)
+            if widen and (result.held or outside) and state.promote():
+                # A score left the normal range of the model's dtype: this round again in float64.
+                scores = session.scores()
+                units, outside = self._unit_scores(scores)
+                result = self._rank(scores, before, r, hold=False)
+            self._check(scores, units, result)
         if r == 0:
             zero = [n > 0 and not nz for n, nz in zip(before, result.nonzero)]
             for m, values in zip(self.members, units):
@@ -467,6 +497,48 @@ class _Loop:
                 if pruned is not None and pruned.size:
                     p.data.reshape(-1).index_fill_(0, torch.from_numpy(pruned).to(p.device), 0)
         self._prune_units(r, units)
+
+    def _streams(self, state) -> bool:
+        """Whether this round takes each gradient as the backward pass produces it
+        (:meth:`_streamed_round`): a :class:`~synflow_plugin.criteria.GradientCriterion`
+        whose every group is ranked by the kernels without bounds, on CPU tensors of
+        one float dtype."""
+        if not self.streaming:
+            return False
+        dtypes = {state.params[t].dtype for t in self.on_kernels}
+        return (len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64}
+                and all(state.params[t].device.type == "cpu" for t in self.on_kernels))
+
+    def _streamed_round(self, r: int, before: list[int]) -> Round | None:
+        """The round with each target's scores ranked while its gradient is fresh, the
+        gradient freed at once (:meth:`ScoringSession.stream`,
+        :meth:`Survivors.prune_streamed`): one gradient is held at a time instead of
+        all of them. None, with nothing pruned, when a score is NaN or out of its
+        dtype's range: the round is then scored again the usual way, which promotes or
+        reports it."""
+        session, criterion = self.session, self.criterion
+        state = session.state
+
+        def stream(visit) -> None:
+            def take(t: int, gradient: torch.Tensor) -> None:
+                weight = _shared_numpy(state.params[t]) if criterion.times_weight else None
+                visit(t, _as_numpy(gradient), weight)
+
+            for t in session.stream(take):  # no gradient reached these: every score is zero
+                param = state.params[t]
+                take(t, torch.zeros_like(param))
+
+        def zero() -> list[np.ndarray | None]:  # after the passes: the objective may have promoted the copy
+            return [_shared_numpy(p) if t in self.on_kernels else None for t, p in enumerate(state.params)]
+
+        counts = [sum(before[t] for t in group) - keep[r] for group, keep in zip(self.fast, self.fast_keep)]
+        result = self.alive.prune_streamed(stream, criterion.ranks_magnitude, self.fast, counts, zero=zero,
+                                           record=[False] * len(before), seed=state.round, hold_outside=True)
+        if not result.held:
+            return result
+        if not state.can_promote:
+            self.streaming = False  # out-of-range scores would be scored twice in every round
+        return None
 
     def _revive(self, r: int) -> None:
         """Criteria that revive: every candidate is ranked again, the survivors with
@@ -495,10 +567,10 @@ class _Loop:
         the others ranked again (a clamped threshold, as :func:`~synflow_plugin.plan.bounded_drop`).
         """
         criterion, state, fast = self.criterion, self.session.state, self.on_kernels
-        dtype = np.float64 if any(s.dtype == torch.float64 for s in scores) else np.float32
         # Pruned weights are zeroed in the scored copy: in place where numpy shares its
         # memory, else (another device or dtype) through torch with the recorded positions.
         zero = [None if criterion.revives or t not in fast else _shared_numpy(p) for t, p in enumerate(state.params)]
+        dtype = np.float64 if any(s.dtype == torch.float64 for s in scores) else np.float32
         arrays = dict(
             scores=[_as_numpy(s, dtype) if t in fast else None for t, s in enumerate(scores)],
             weights=[_as_numpy(p, dtype) if criterion.times_weight and t in fast else None

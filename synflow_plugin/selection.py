@@ -12,6 +12,13 @@ below ``lo`` (pruned for sure: their bits go into a drop bitmap) and which insid
 the bracket (ranked exactly afterwards, a small fraction of the survivors). If the
 bracket turns out not to contain the threshold, the pass is repeated with an
 infinite bracket, so the result never depends on the sample.
+
+Streamed rounds. Where the scores come one tensor at a time and cannot be kept, as
+a backward pass produces gradients, :meth:`Survivors.prune_streamed` scans each
+tensor as it comes, with a bracket predicted from the group's previous round (its
+sample, and how far its threshold drifted from the prediction): one scoring pass,
+and no gradient held beyond its own tensor. A group the prediction missed is scored
+again with the bracket of the round's own sample; the result is exact either way.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import math
 import mmap
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -170,6 +177,7 @@ class Survivors:
         self.drop = [np.zeros_like(b) for b in self.bits]
         self.initial = [b.copy() for b in self.bits] if revivable else None
         self._by_target = [self._split(t, b) for t, b in enumerate(self.bits)]
+        self._forecasts: dict[tuple[int, ...], _Forecast | None] = {}  # per group, for prune_streamed
 
     @staticmethod
     def _split(target: int, bits: np.ndarray) -> list[_Chunk]:
@@ -227,19 +235,101 @@ class Survivors:
         target the call would prune (a bounded ranking fixes the targets over their bound
         and ranks the rest again).
         """
-        members = [[c for t in group for c in self._by_target[t]] for group in groups]
-        in_call = {c for chunks in members for c in chunks}
+        members = self._members(groups)
         brackets = [self._bracket(chunks, count, scores, weights, absolute, seed)
                     for chunks, count in zip(members, counts)]
         self._scan([(c, b) for chunks, b in zip(members, brackets) for c in chunks], scores, weights, absolute)
-        chosen: dict[_Chunk, np.ndarray] = {}
         for chunks, count in zip(members, counts):
-            below = sum(c.n_below for c in chunks)
-            if not below <= count <= below + sum(c.n_band for c in chunks):
+            if not _contains(chunks, count):
                 # The sample missed: every survivor goes into the band.
                 self._scan([(c, (-math.inf, math.inf)) for c in chunks], scores, weights, absolute)
-                below = 0
-            chosen.update(self._choose(chunks, count - below))
+        return self._finish(members, counts, zero, record, hold_outside, dry_run)[0]
+
+    def prune_streamed(
+        self,
+        stream: Callable[[Callable[[int, np.ndarray, np.ndarray | None], None]], None],
+        absolute: bool,
+        groups: Sequence[Sequence[int]],
+        counts: Sequence[int],
+        zero: Callable[[], Sequence[np.ndarray | None]],
+        record: Sequence[bool],
+        seed: int = 0,
+        hold_outside: bool = False,
+    ) -> Round:
+        """:meth:`prune` for scores that come one target at a time and are not kept.
+
+        ``stream(visit)`` runs one scoring pass: it calls ``visit(t, scores, weights)``
+        for every target ``t`` as its scores are ready (flat arrays, read during the call
+        only; ``weights`` None where the score is not multiplied by one). Inside
+        ``visit`` the target is sampled and scanned with its group's bracket, predicted
+        from the group's previous round (:class:`_Forecast`). A group whose prediction
+        missed the threshold is scored again with the bracket of this round's sample
+        (then, if that missed too, with an infinite one); a group without a prediction
+        gets a pass that only samples first. The result is :meth:`prune`'s on the same
+        scores, whatever the prediction. ``zero()`` gives :meth:`prune`'s ``zero``
+        arrays, asked for after the scoring passes (which may replace the tensors).
+        """
+        members = self._members(groups)
+        owner = {t: g for g, group in enumerate(groups) for t in group}
+        live = [sum(c.live for c in chunks) for chunks in members]
+        forecasts = [self._forecasts.get(tuple(group)) for group in groups]
+        # A group too small to sample, or that prunes nothing, has its bracket already.
+        fixed = [count <= 0 or n <= 4 * _SAMPLE for count, n in zip(counts, live)]
+        brackets = [_bracket_from(np.empty(0), count, n) if known else None if forecast is None
+                    else forecast.predict(count, n) for count, n, forecast, known in zip(counts, live, forecasts, fixed)]
+        predicted = [b is not None for b in brackets]
+        parts: list[list[np.ndarray]] = [[] for _ in groups]
+        samples = [np.empty(0) for _ in groups]
+        pending, first = set(range(len(groups))), True
+        while pending:
+            def visit(t: int, score: np.ndarray, weight: np.ndarray | None) -> None:
+                g = owner.get(t)
+                if g not in pending:
+                    return
+                chunks = self._by_target[t]
+                if first and not fixed[g]:
+                    parts[g].append(self._sample(chunks, live[g], {t: score}, {t: weight}, absolute, seed,
+                                                 start=members[g].index(chunks[0])))
+                if brackets[g] is not None:
+                    self._scan([(c, brackets[g]) for c in chunks], {t: score}, {t: weight}, absolute)
+
+            stream(visit)
+            if any(c.nan or (hold_outside and c.outside) for g in pending if brackets[g] is not None
+                   for c in members[g]):
+                break  # held back below, with nothing pruned
+            if first:
+                samples = [np.concatenate(p) if p else np.empty(0) for p in parts]
+            for g in list(pending):
+                if brackets[g] is not None and _contains(members[g], counts[g]):
+                    pending.discard(g)
+                    continue
+                if brackets[g] is not None and first:
+                    predicted[g] = False  # the prediction missed
+                brackets[g] = (_bracket_from(samples[g], counts[g], live[g]) if brackets[g] is None or first
+                               else (-math.inf, math.inf))
+            first = False
+        result, thresholds = self._finish(members, counts, zero(), record, hold_outside, dry_run=False)
+        if not result.held:
+            for group, sample, threshold, hit, forecast in zip(groups, samples, thresholds, predicted, forecasts):
+                self._forecasts[tuple(group)] = _Forecast.after(forecast, sample, threshold, hit)
+        return result
+
+    def _members(self, groups: Sequence[Sequence[int]]) -> list[list[_Chunk]]:
+        return [[c for t in group for c in self._by_target[t]] for group in groups]
+
+    def _finish(self, members: list[list[_Chunk]], counts: Sequence[int], zero: Sequence[np.ndarray | None],
+                record: Sequence[bool], hold_outside: bool, dry_run: bool) -> tuple[Round, list[float | None]]:
+        """The round's result from each group's scanned chunks, whose bracket contains
+        the threshold: the band entries chosen, the drops applied (unless held back);
+        and each group's threshold, the largest score it prunes from the band (None if
+        none)."""
+        in_call = {c for chunks in members for c in chunks}
+        chosen: dict[_Chunk, np.ndarray] = {}
+        thresholds = []
+        for chunks, count in zip(members, counts):
+            picked, threshold = self._choose(chunks, count - sum(c.n_below for c in chunks))
+            chosen.update(picked)
+            thresholds.append(threshold)
 
         # Per target, over the chunks this call scanned (the others are left as they are).
         scanned = [[c for c in chunks if c in in_call] for chunks in self._by_target]
@@ -248,9 +338,9 @@ class Survivors:
         pruned: list[np.ndarray | None] = [None] * len(self._by_target)
         would = [sum(c.n_below + (chosen[c].size if c in chosen else 0) for c in chunks) for chunks in scanned]
         if any(nan) or (hold_outside and any(outside)):
-            return Round(nan, nonzero, outside, pruned, held=True, would=would)
+            return Round(nan, nonzero, outside, pruned, held=True, would=would), thresholds
         if dry_run:
-            return Round(nan, nonzero, outside, pruned, would=would)
+            return Round(nan, nonzero, outside, pruned, would=would), thresholds
         applies, applied = [], []
         for t, chunks in enumerate(scanned):
             drop = self.drop[t]
@@ -266,7 +356,7 @@ class Survivors:
                 pruned[t] = 64 * a + _kernels.set_positions(drop[a:b] & self.bits[t][a:b])
         for c, removed in zip(applied, _kernels.apply_many(applies, self.threads)):
             c.live -= removed
-        return Round(nan, nonzero, outside, pruned, would=would)
+        return Round(nan, nonzero, outside, pruned, would=would), thresholds
 
     def _scan(self, work: list[tuple[_Chunk, tuple[float, float]]], scores, weights, absolute) -> None:
         """One scoring pass over each chunk of ``work``, with its bracket ``(lo, hi)``."""
@@ -280,41 +370,110 @@ class Survivors:
     def _bracket(self, chunks, count, scores, weights, absolute, seed) -> tuple[float, float]:
         """Bounds ``lo <= threshold <= hi`` of the ``count``-th smallest score, from a sample."""
         live = sum(c.live for c in chunks)
-        if count <= 0:
-            return -math.inf, -math.inf
-        if live <= 4 * _SAMPLE:
-            return -math.inf, math.inf
+        if count <= 0 or live <= 4 * _SAMPLE:
+            return _bracket_from(np.empty(0), count, live)
+        return _bracket_from(self._sample(chunks, live, scores, weights, absolute, seed), count, live)
+
+    def _sample(self, chunks, live, scores, weights, absolute, seed, start: int = 0) -> np.ndarray:
+        """A stratified sample of the scores of ``chunks``, the ``start + k``-th chunk of
+        a group of ``live`` survivors drawing its share of ``_SAMPLE``."""
         draws = []
-        for k, c in enumerate(chunks):
+        for k, c in enumerate(chunks, start):
             if c.live:
                 out = np.empty(max(1, round(_SAMPLE * c.live / live)), dtype=scores[c.target].dtype)
                 weight = weights[c.target]
                 draws.append((self.bits[c.target][c.first:c.stop], c.live, scores[c.target][c.start:],
                               None if weight is None else weight[c.start:], out, seed * 1_000_003 + k))
         taken = _kernels.sample_many(draws, absolute, self.threads)
-        sample = np.concatenate([draw[4][:m] for draw, m in zip(draws, taken)])
-        m = sample.size
-        q = min(1.0, count / live)
-        margin = 5.0 * math.sqrt(m * q * (1.0 - q)) + 2.0
-        low, high = math.floor(q * m - margin), math.ceil(q * m + margin)
-        ranks = [r for r in (low, high) if 0 <= r < m]
-        if ranks:
-            sample = np.partition(sample, ranks)
-        return (float(sample[low]) if low >= 0 else -math.inf), (float(sample[high]) if high < m else math.inf)
+        return np.concatenate([draw[4][:m] for draw, m in zip(draws, taken)]) if draws else np.empty(0)
 
     @staticmethod
-    def _choose(chunks: list[_Chunk], count: int) -> dict[_Chunk, np.ndarray]:
-        """The ``count`` smallest band entries of ``chunks`` (offsets from each one's start)."""
+    def _choose(chunks: list[_Chunk], count: int) -> tuple[dict[_Chunk, np.ndarray], float | None]:
+        """The ``count`` smallest band entries of ``chunks`` (offsets from each one's
+        start), and the largest score among them (None if none)."""
         if count <= 0:
-            return {}
+            return {}, None
         sizes = [c.n_band for c in chunks]
-        if count >= sum(sizes):
-            return {c: c.band[: c.n_band] for c in chunks}
         values = np.concatenate([c.band_score[: c.n_band] for c in chunks])
+        if count >= values.size:
+            return {c: c.band[: c.n_band] for c in chunks}, float(values.max()) if values.size else None
         picked = smallest_positions(values, count)
         bounds = np.cumsum([0] + sizes)
         cuts = np.searchsorted(picked, bounds)
-        return {c: c.band[picked[a:b] - lo] for c, a, b, lo in zip(chunks, cuts[:-1], cuts[1:], bounds[:-1])}
+        return ({c: c.band[picked[a:b] - lo] for c, a, b, lo in zip(chunks, cuts[:-1], cuts[1:], bounds[:-1])},
+                float(values[picked].max()))
+
+
+#: The bracket of a prediction spans, in score, this factor more than the ranks it
+#: aims at, each side; squared after a miss, relaxed back after each hit.
+_WIDTH = 1.05
+
+
+@dataclass
+class _Forecast:
+    """What a group's last streamed round tells of its next one: the scores of the
+    sample that survived it (sorted), how far its threshold drifted from the
+    prediction (a factor, None before two rounds), and the bracket's width."""
+
+    survived: np.ndarray
+    drift: float | None
+    width: float
+    point: float | None = None  # the last prediction's threshold, in the previous round's scores
+
+    def predict(self, count: int, live: int) -> tuple[float, float]:
+        """The predicted bracket of the ``count``-th smallest of ``live`` scores: the
+        surviving sample at ranks around that fraction (0.6x to 1.6x of it, or five
+        standard deviations of the sample's rank, whichever is wider), scaled by the
+        drift and widened by ``width`` each side. Keeps the point prediction, from
+        which :meth:`after` measures the next drift."""
+        m, q = self.survived.size, count / live
+        margin = 5.0 * math.sqrt(m * q * (1.0 - q)) + 2.0
+        low, high = math.floor(min(0.6 * q * m, q * m - margin)), math.ceil(max(1.6 * q * m, q * m + margin))
+        scale, width = (1.0, self.width * self.width) if self.drift is None else (self.drift, self.width)
+        self.point = float(self.survived[min(m - 1, math.floor(q * m))])
+        lo = float(self.survived[low]) * scale / width if low >= 0 else -math.inf
+        hi = float(self.survived[high]) * scale * width if high < m else math.inf
+        return lo, hi
+
+    @staticmethod
+    def after(last: "_Forecast | None", sample: np.ndarray, threshold: float | None,
+              hit: bool) -> "_Forecast | None":
+        """The forecast after a round with this ``sample`` of its scores and ``threshold``
+        (None if it pruned nothing from a band); ``hit``: whether the round's predicted
+        bracket held the threshold. None where there is nothing to predict from: too
+        small a sample, or scores that are not all positive (the drift is a factor)."""
+        survived = np.sort(sample if threshold is None else sample[sample > threshold])
+        if survived.size < 64 or not survived[0] > 0:
+            return None
+        width = _WIDTH if last is None else (max(_WIDTH, last.width ** 0.9) if hit else last.width ** 2)
+        drift = None
+        if last is not None and last.point and threshold is not None:
+            drift = threshold / last.point
+        return _Forecast(survived, drift, width)
+
+
+def _bracket_from(sample: np.ndarray, count: int, live: int) -> tuple[float, float]:
+    """Bounds ``lo <= threshold <= hi`` of the ``count``-th smallest of ``live`` scores
+    from a stratified ``sample`` of them, five standard deviations of rank each side;
+    no bounds without a sample (and ``lo = hi = -inf`` when nothing is pruned)."""
+    if count <= 0:
+        return -math.inf, -math.inf
+    m = sample.size
+    if m == 0:
+        return -math.inf, math.inf
+    q = min(1.0, count / live)
+    margin = 5.0 * math.sqrt(m * q * (1.0 - q)) + 2.0
+    low, high = math.floor(q * m - margin), math.ceil(q * m + margin)
+    ranks = [r for r in (low, high) if 0 <= r < m]
+    if ranks:
+        sample = np.partition(sample, ranks)
+    return (float(sample[low]) if low >= 0 else -math.inf), (float(sample[high]) if high < m else math.inf)
+
+
+def _contains(chunks: list[_Chunk], count: int) -> bool:
+    """Whether the chunks' last scan bracketed the ``count``-th smallest score."""
+    below = sum(c.n_below for c in chunks)
+    return below <= count <= below + sum(c.n_band for c in chunks)
 
 
 def _untouched(size: int, dtype) -> np.ndarray:

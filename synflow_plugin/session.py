@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from synflow_plugin.criteria import Criterion, Inputs, ScoringState, get_criterion
+from synflow_plugin.criteria import Criterion, GradientCriterion, Inputs, ScoringState, get_criterion
 from synflow_plugin.distributed import check_same_on_every_rank, resolve_group
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.targets import Target, current_mask, resolve_targets, scoring_copy
@@ -171,6 +171,11 @@ class ScoringSession:
         self._model = model
         self.state: ScoringState | None = None
         self._grad: torch.enable_grad | None = None
+        # stream(): the hooks on the copy's targets, the parameters they are on, the taker of the pass
+        self._hooks: list = []
+        self._hooked: list | None = None
+        self._take: Callable[[int, torch.Tensor], None] | None = None
+        self._arrived: list[bool] = []
 
     @property
     def criterion(self) -> Criterion:
@@ -180,6 +185,11 @@ class ScoringSession:
     def model(self) -> nn.Module:
         """The model the session scores (never changed)."""
         return self._model
+
+    def weight_bytes(self, indices: Iterable[int]) -> int:
+        """The bytes of the targets ``indices`` in the user's model (those of their gradients)."""
+        return sum(_user_tensor(self._model.get_submodule(t.module_name), t.name).nbytes
+                   for t in (self.targets[i] for i in indices))
 
     def __enter__(self) -> "ScoringSession":
         if self.request.group is not None:  # before the copy: the user's own weights and masks
@@ -202,6 +212,7 @@ class ScoringSession:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._unhook()
         self.state = None  # the copy goes with it
         self._grad.__exit__(*exc)
 
@@ -227,6 +238,48 @@ class ScoringSession:
                     f"'{target.qualified_name}' of shape {tuple(target.shape)}"
                 )
         return scores
+
+    def stream(self, take: Callable[[int, torch.Tensor], None]) -> list[int]:
+        """One round of a :class:`~synflow_plugin.criteria.GradientCriterion`'s scores,
+        target by target: inside the backward pass of its objective, ``take(t, score)``
+        is called as soon as target ``t``'s gradient is complete, and the gradient is
+        freed when ``take`` returns (``take`` must not keep it). Returns the targets
+        the objective does not depend on, whose scores are zero."""
+        state = self._live_state()
+        criterion = self.criterion
+        if not isinstance(criterion, GradientCriterion):
+            raise PruningError(f"criterion {criterion.name} is not a GradientCriterion: its scores are not "
+                               "the gradient of one objective; use scores()")
+        objective = criterion.objective(state)  # it may promote the copy: the targets are read after it
+        if self._hooked is not state.params:
+            self._unhook()
+            self._hooks = [p.register_post_accumulate_grad_hook(self._hand_over(t)) for t, p in enumerate(state.params)]
+            self._hooked = state.params
+        for p in state.params:
+            p.grad = None  # a gradient copied with the model would be added to
+        self._take, self._arrived = take, [False] * len(state.params)
+        try:
+            objective.backward()
+        finally:
+            self._take = None
+            for p in state.params:
+                p.grad = None
+        return [t for t, came in enumerate(self._arrived) if not came]
+
+    def _hand_over(self, t: int) -> Callable[[torch.Tensor], None]:
+        """The hook of target ``t`` for :meth:`stream`: its gradient to ``take``, then freed."""
+        def hand_over(param: torch.Tensor) -> None:
+            if self._take is None:  # a backward pass of the criterion's own
+                return
+            self._arrived[t] = True
+            gradient, param.grad = param.grad, None
+            self._take(t, gradient)
+        return hand_over
+
+    def _unhook(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks, self._hooked = [], None
 
     def ranked_scores(self) -> list[torch.Tensor]:
         """One round of the scores that are ranked, for every weight (:meth:`Criterion.finish`)."""

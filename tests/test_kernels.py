@@ -175,6 +175,19 @@ def test_sample_draws_live_scores_from_every_stratum(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_mark_sets_the_bits_at_the_offsets(variant):
+    rng = np.random.default_rng(6)
+    for _ in range(20):
+        offsets = rng.choice(64 * 50, size=int(rng.integers(1, 1500)), replace=False).astype(np.int32)
+        drop = np.zeros(50, np.uint64)
+        drop[rng.integers(0, 50, 5)] = 5  # bits set before stay set
+        expected = _kernels.unpack(drop).copy()
+        expected[offsets] = True
+        with_variant(variant, _kernels.mark, drop, offsets)
+        assert np.array_equal(_kernels.unpack(drop), expected)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_apply_clears_live_bits_and_zeroes_their_weights_once(variant):
     weight = np.arange(1, 131, dtype=np.float64)
     bits = _kernels.bitmap(np.isin(np.arange(130), [1, 3, 4, 7, 9, 64, 129]))

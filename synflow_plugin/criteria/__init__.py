@@ -13,7 +13,7 @@ SynFlowCriterion(batchnorm='identity')
 
 from __future__ import annotations
 
-from synflow_plugin.criteria.base import Criterion, Inputs, ScoringState
+from synflow_plugin.criteria.base import Criterion, GradientCriterion, Inputs, ScoringState
 from synflow_plugin.criteria.registry import (
     CRITERIA,
     ENTRY_POINT_GROUP,
@@ -38,6 +38,7 @@ from synflow_plugin.criteria.phew import PHEWCriterion
 __all__ = [
     # contract
     "Criterion",
+    "GradientCriterion",
     "Inputs",
     "ScoringState",
     # criteria

@@ -15,7 +15,7 @@ from synflow_plugin.distributed import all_reduce_sum
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.targets import Target
 
-__all__ = ["Criterion", "Inputs", "ScoringState", "primary_output", "flow_outputs", "describe", "to_device"]
+__all__ = ["Criterion", "GradientCriterion", "Inputs", "ScoringState", "primary_output", "flow_outputs", "describe", "to_device"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -404,3 +404,33 @@ class Criterion(abc.ABC):
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({options})"
+
+
+class GradientCriterion(Criterion):
+    """A criterion whose round of scores is the gradient of one scalar, its
+    :meth:`objective`, with respect to the targets (SynFlow: ∂R/∂θ of the flow R).
+
+    Subclasses implement :meth:`objective` instead of :meth:`score`. The pruning loop
+    then takes each target's gradient as the backward pass produces it, keeps the
+    survivors' scores packed and frees the gradient at once
+    (:meth:`~synflow_plugin.session.ScoringSession.stream`), so that a round holds one
+    gradient at a time instead of all of them. A subclass that overrides :meth:`score`
+    as well is scored through :meth:`score`, the usual way.
+    """
+
+    @abc.abstractmethod
+    def objective(self, state: ScoringState) -> torch.Tensor:
+        """The scalar whose gradient with respect to ``state.params`` is this round's
+        score (before the ``times_weight`` and ``ranks_magnitude`` steps, where set).
+        It may :meth:`~ScoringState.promote` the copy; ``state.params`` is read after it."""
+
+    def score(self, state: ScoringState) -> list[torch.Tensor]:
+        """The gradient of :meth:`objective` (zero for a target it does not depend on)."""
+        objective = self.objective(state)
+        grads = torch.autograd.grad(objective, state.params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(state.params, grads)]
+
+    @property
+    def streams(self) -> bool:
+        """Whether the scores are :meth:`objective`'s gradient (:meth:`score` not overridden)."""
+        return type(self).score is GradientCriterion.score

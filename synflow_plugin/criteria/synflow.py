@@ -24,7 +24,7 @@ import warnings
 import torch
 from torch import nn
 
-from synflow_plugin.criteria.base import Criterion, ScoringState, describe, flow_outputs
+from synflow_plugin.criteria.base import GradientCriterion, ScoringState, describe, flow_outputs
 from synflow_plugin.criteria.registry import register_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 
@@ -74,7 +74,7 @@ def _in_range(value: float, dtype: torch.dtype) -> bool:
 
 
 @register_criterion
-class SynFlowCriterion(Criterion):
+class SynFlowCriterion(GradientCriterion):
     """Score = |θ ⊙ ∂R/∂θ| on the linearised network (|θ| everywhere, all-ones input).
 
     Args:
@@ -162,7 +162,9 @@ class SynFlowCriterion(Criterion):
             )
         return sum(t.sum() for t in tensors)
 
-    def score(self, state: ScoringState) -> list[torch.Tensor]:
+    def objective(self, state: ScoringState) -> torch.Tensor:
+        """The flow R, whose gradient ∂R/∂θ is the round's score (the loop forms
+        |θ ⊙ ∂R/∂θ| for the surviving weights only)."""
         flow = self._total_flow(state)
         if not _in_range(float(flow.detach()), flow.dtype) and state.promote():
             flow = self._total_flow(state)
@@ -177,9 +179,7 @@ class SynFlowCriterion(Criterion):
                 raise PruningError(_no_flow_reason(state))
             # R == 0 in a later round: the pruning itself has disconnected the network;
             # every score is zero and the loop prunes by position (and reports the collapse).
-        grads = torch.autograd.grad(flow, state.params, allow_unused=True)
-        # ∂R/∂θ: the loop forms |θ ⊙ ∂R/∂θ| for the surviving weights only.
-        return [torch.zeros_like(p) if g is None else g for p, g in zip(state.params, grads)]
+        return flow
 
 
 def _no_flow_reason(state: ScoringState) -> str:
