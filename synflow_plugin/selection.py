@@ -37,6 +37,7 @@ __all__ = ["smallest_positions", "drop_smallest", "Survivors"]
 
 _SAMPLE = 1 << 14
 _CHUNK = 1 << 20  # weights per kernel task (a multiple of 64; offsets in a chunk are int32)
+_BATCH = 2 * _CHUNK  # streamed rounds rank the targets that come in batches of at least this many weights
 
 
 # --------------------------------------------------------------------------- one array
@@ -259,10 +260,11 @@ class Survivors:
         """:meth:`prune` for scores that come one target at a time and are not kept.
 
         ``stream(visit)`` runs one scoring pass: it calls ``visit(t, scores, weights)``
-        for every target ``t`` as its scores are ready (flat arrays, read during the call
-        only; ``weights`` None where the score is not multiplied by one). Inside
-        ``visit`` the target is sampled and scanned with its group's bracket, predicted
-        from the group's previous round (:class:`_Forecast`). A group whose prediction
+        for every target ``t`` as its scores are ready (flat arrays, ``weights`` None
+        where the score is not multiplied by one). The target is sampled and scanned
+        with its group's bracket, predicted from the group's previous round
+        (:class:`_Forecast`): at once if it is large, else together with the next ones
+        once they add up to ``_BATCH`` weights (their arrays are kept until then). A group whose prediction
         missed the threshold is scored again with the bracket of this round's sample
         (then, if that missed too, with an infinite one); a group without a prediction
         gets a pass that only samples first. The result is :meth:`prune`'s on the same
@@ -281,19 +283,35 @@ class Survivors:
         parts: list[list[np.ndarray]] = [[] for _ in groups]
         samples = [np.empty(0) for _ in groups]
         pending, first = set(range(len(groups))), True
+        waiting: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # targets ranked together, in batches
+
+        def rank_waiting() -> None:
+            """Sample and scan the waiting targets, in one call of each kernel."""
+            scores = {t: score for t, (score, _) in waiting.items()}
+            weights = {t: weight for t, (_, weight) in waiting.items()}
+            draws, owners = [], []
+            for t in waiting:
+                g = owner[t]
+                if first and not fixed[g]:
+                    start = members[g].index(self._by_target[t][0])
+                    new = self._draws(self._by_target[t], live[g], scores, weights, seed, start)
+                    draws += new
+                    owners += [g] * len(new)
+            for g, draw, m in zip(owners, draws, _kernels.sample_many(draws, absolute, self.threads)):
+                parts[g].append(draw[4][:m])
+            self._scan([(c, brackets[owner[t]]) for t in waiting if brackets[owner[t]] is not None
+                        for c in self._by_target[t]], scores, weights, absolute)
+            waiting.clear()
+
         while pending:
             def visit(t: int, score: np.ndarray, weight: np.ndarray | None) -> None:
-                g = owner.get(t)
-                if g not in pending:
-                    return
-                chunks = self._by_target[t]
-                if first and not fixed[g]:
-                    parts[g].append(self._sample(chunks, live[g], {t: score}, {t: weight}, absolute, seed,
-                                                 start=members[g].index(chunks[0])))
-                if brackets[g] is not None:
-                    self._scan([(c, brackets[g]) for c in chunks], {t: score}, {t: weight}, absolute)
+                if owner.get(t) in pending:
+                    waiting[t] = score, weight
+                    if sum(self.sizes[u] for u in waiting) >= _BATCH:
+                        rank_waiting()
 
             stream(visit)
+            rank_waiting()
             if any(c.nan or (hold_outside and c.outside) for g in pending if brackets[g] is not None
                    for c in members[g]):
                 break  # held back below, with nothing pruned
@@ -374,9 +392,16 @@ class Survivors:
             return _bracket_from(np.empty(0), count, live)
         return _bracket_from(self._sample(chunks, live, scores, weights, absolute, seed), count, live)
 
-    def _sample(self, chunks, live, scores, weights, absolute, seed, start: int = 0) -> np.ndarray:
-        """A stratified sample of the scores of ``chunks``, the ``start + k``-th chunk of
-        a group of ``live`` survivors drawing its share of ``_SAMPLE``."""
+    def _sample(self, chunks, live, scores, weights, absolute, seed) -> np.ndarray:
+        """A stratified sample of the scores of a group's ``chunks`` (``live`` survivors)."""
+        draws = self._draws(chunks, live, scores, weights, seed)
+        taken = _kernels.sample_many(draws, absolute, self.threads)
+        return np.concatenate([draw[4][:m] for draw, m in zip(draws, taken)]) if draws else np.empty(0)
+
+    def _draws(self, chunks, live, scores, weights, seed, start: int = 0) -> list[tuple]:
+        """The :func:`~synflow_plugin._kernels.sample_many` jobs of ``chunks``, the
+        ``start``-th to last of a group of ``live`` survivors: each draws its share of
+        ``_SAMPLE``, seeded by its place in the group."""
         draws = []
         for k, c in enumerate(chunks, start):
             if c.live:
@@ -384,8 +409,7 @@ class Survivors:
                 weight = weights[c.target]
                 draws.append((self.bits[c.target][c.first:c.stop], c.live, scores[c.target][c.start:],
                               None if weight is None else weight[c.start:], out, seed * 1_000_003 + k))
-        taken = _kernels.sample_many(draws, absolute, self.threads)
-        return np.concatenate([draw[4][:m] for draw, m in zip(draws, taken)]) if draws else np.empty(0)
+        return draws
 
     @staticmethod
     def _choose(chunks: list[_Chunk], count: int) -> tuple[dict[_Chunk, np.ndarray], float | None]:
@@ -404,9 +428,11 @@ class Survivors:
                 float(values[picked].max()))
 
 
-#: The bracket of a prediction spans, in score, this factor more than the ranks it
-#: aims at, each side; squared after a miss, relaxed back after each hit.
-_WIDTH = 1.05
+#: A predicted bracket spans these multiples of the round's fraction of the survivors
+#: in the last round's surviving sample, and, in score, this factor more each side
+#: (squared after a miss, relaxed back after each hit).
+_RANKS = (0.75, 1.35)
+_WIDTH = 1.03
 
 
 @dataclass
@@ -422,13 +448,14 @@ class _Forecast:
 
     def predict(self, count: int, live: int) -> tuple[float, float]:
         """The predicted bracket of the ``count``-th smallest of ``live`` scores: the
-        surviving sample at ranks around that fraction (0.6x to 1.6x of it, or five
+        surviving sample at ranks around that fraction (``_RANKS`` times it, or five
         standard deviations of the sample's rank, whichever is wider), scaled by the
         drift and widened by ``width`` each side. Keeps the point prediction, from
         which :meth:`after` measures the next drift."""
         m, q = self.survived.size, count / live
         margin = 5.0 * math.sqrt(m * q * (1.0 - q)) + 2.0
-        low, high = math.floor(min(0.6 * q * m, q * m - margin)), math.ceil(max(1.6 * q * m, q * m + margin))
+        low = math.floor(min(_RANKS[0] * q * m, q * m - margin))
+        high = math.ceil(max(_RANKS[1] * q * m, q * m + margin))
         scale, width = (1.0, self.width * self.width) if self.drift is None else (self.drift, self.width)
         self.point = float(self.survived[min(m - 1, math.floor(q * m))])
         lo = float(self.survived[low]) * scale / width if low >= 0 else -math.inf

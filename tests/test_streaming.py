@@ -59,7 +59,7 @@ def test_streamed_masks_equal_held_ones_on_a_resnet(scope):
     streamed = []
     assert same(masks(model, x, streamed=True, count=streamed, scope=scope), masks(model, x, streamed=False, scope=scope))
     assert streamed and streamed.count(0) == 2  # the first round samples, then scans
-    assert len(streamed) < 20 + 5  # later rounds one pass each, but for the odd missed prediction
+    assert len(streamed) < 20 + 10  # most later rounds one pass: their bracket was predicted
 
 
 def test_streamed_masks_equal_held_ones_on_vgg_at_high_compression():
