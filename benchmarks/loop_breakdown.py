@@ -9,7 +9,7 @@ ranking of the bracket, the masks, Python). The floor, 100 plain forward+backwar
 passes of the same model, is timed before and after each run (CPU time; use
 ``--threads 1`` on a busy machine).
 
-    python benchmarks/loop_breakdown.py [--repeats 5] [--threads 1]
+    python benchmarks/loop_breakdown.py [--repeats 5] [--threads 1] [--streamed]
 """
 
 from __future__ import annotations
@@ -21,26 +21,33 @@ from collections import defaultdict
 
 import torch
 
-from synflow_plugin import _kernels, compute_masks, prunable_parameters, selection, session
+from synflow_plugin import _kernels, compute_masks, masking, prunable_parameters, selection, session
 from synflow_plugin.models import create_model
 
 PARTS = {
     "scoring passes": (session.ScoringSession, "scores"),
-    "streamed passes": (session.ScoringSession, "stream"),  # packing included: taken out below
-    "packing": (selection.Survivors, "pack"),
+    "streamed passes": (session.ScoringSession, "stream"),  # their scans and samples are taken out below
     "scans": (selection.Survivors, "_scan"),
-    "samples": (selection.Survivors, "_bracket"),
+    "samples": (_kernels, "sample_many"),
     "zeroing": (_kernels, "apply_many"),
 }
+INSIDE = {"streamed passes"}  # parts whose time includes that of the others
 
 
-def timed(spent: dict, name: str, function):
+def timed(spent: dict, name: str, function, inside: list):
     def run(*args, **kwargs):
         start = time.process_time()
+        if name in INSIDE:
+            inside.append(name)
         try:
             return function(*args, **kwargs)
         finally:
-            spent[name] += time.process_time() - start
+            elapsed = time.process_time() - start
+            spent[name] += elapsed
+            if name in INSIDE:
+                inside.pop()
+            elif inside:
+                spent["(inside a streamed pass)"] += elapsed
     return run
 
 
@@ -59,7 +66,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--streamed", action="store_true",
+                        help="stream the gradients, as the loop does when memory is short")
     args = parser.parse_args()
+    if args.streamed:
+        masking._available_memory = lambda: 1
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # the short warm-up prune collapses layers, as expected
@@ -74,8 +85,9 @@ def main() -> None:
 
     spent: dict[str, float] = defaultdict(float)
     originals = {name: getattr(owner, attr) for name, (owner, attr) in PARTS.items()}
+    inside: list[str] = []
     for name, (owner, attr) in PARTS.items():
-        setattr(owner, attr, timed(spent, name, originals[name]))
+        setattr(owner, attr, timed(spent, name, originals[name], inside))
     fractions = defaultdict(list)
     try:
         for i in range(args.repeats):
@@ -89,10 +101,10 @@ def main() -> None:
             after = floor(reference, x, args.rounds)
             base = (before + after) / 2
             parts = dict(spent)
-            # A streamed pass packs each gradient inside the backward pass: the scoring
-            # passes are the streamed passes without their packing.
-            parts["scoring passes"] = parts.get("scoring passes", 0.0) + parts.pop("streamed passes", 0.0) - parts.get(
-                "packing", 0.0)
+            # A streamed pass scans and samples each gradient inside the backward pass:
+            # the scoring passes are the streamed passes without those.
+            parts["scoring passes"] = (parts.get("scoring passes", 0.0) + parts.pop("streamed passes", 0.0)
+                                       - parts.pop("(inside a streamed pass)", 0.0))
             parts["everything else"] = total - sum(parts.values())
             parts["total"] = total
             for name, value in parts.items():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -346,17 +347,34 @@ def run_plan(session: ScoringSession, plan: Plan) -> list[torch.Tensor]:
 STREAM_FRACTION = 0.25
 
 
+#: A container's memory limit and use: cgroup v2, then v1 (as mounted in the container).
+_CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                 ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
 def _available_memory() -> int | None:
-    """The bytes of memory the system can still give (Linux's MemAvailable), or None
-    where it does not say."""
+    """The bytes of memory this process can still get: Linux's MemAvailable, or the
+    container's cgroup limit less its use where that is lower; None where the system
+    does not say (then the loop never streams)."""
+    available = None
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    available = int(line.split()[1]) * 1024
+                    break
     except (OSError, ValueError, IndexError):
         return None
-    return None
+    for limit_file, usage_file in _CGROUP_FILES:
+        try:
+            limit, usage = Path(limit_file).read_text().strip(), Path(usage_file).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and usage.isdigit() and int(limit) < 2**60:  # "max" or a huge number: no limit
+            headroom = max(0, int(limit) - int(usage))
+            available = headroom if available is None else min(available, headroom)
+        break
+    return available
 
 
 _GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20
@@ -441,7 +459,7 @@ class _Loop:
         # and where holding every gradient at once would take memory the machine lacks.
         gradient_bytes = session.weight_bytes(on_kernels)
         available = _available_memory()
-        self.streaming = (isinstance(self.criterion, GradientCriterion) and self.criterion.streams
+        self.streaming = (isinstance(self.criterion, GradientCriterion) and self.criterion.streamable
                           and not self.criterion.revives and not self.members and bool(self.fast)
                           and all(b is None for b in self.fast_bounds)
                           and available is not None and gradient_bytes > STREAM_FRACTION * available)
@@ -472,7 +490,9 @@ class _Loop:
             self._revive(r)
         before = [self.alive.live(t) for t in range(len(session.targets))]
 
-        result, units = (self._streamed_round(r, before) if self._streams(state) else None), []
+        result, units = None, []
+        if self._streams(state):
+            result = self._streamed_round(r, before)
         if result is None:
             scores = session.scores()
             # After scoring: a criterion may have promoted the copy itself (SynFlow does
@@ -510,12 +530,12 @@ class _Loop:
                 and all(state.params[t].device.type == "cpu" for t in self.on_kernels))
 
     def _streamed_round(self, r: int, before: list[int]) -> Round | None:
-        """The round with each target's scores ranked while its gradient is fresh, the
-        gradient freed at once (:meth:`ScoringSession.stream`,
-        :meth:`Survivors.prune_streamed`): one gradient is held at a time instead of
-        all of them. None, with nothing pruned, when a score is NaN or out of its
-        dtype's range: the round is then scored again the usual way, which promotes or
-        reports it."""
+        """The round with each target's scores ranked while its gradient is fresh, and
+        the gradient freed then (:meth:`ScoringSession.stream`,
+        :meth:`Survivors.prune_streamed`): a round holds one large gradient, or a batch
+        of small ones, at a time instead of all of them. None, with nothing pruned,
+        when a score is NaN or out of its dtype's range: the round is then scored again
+        the usual way, which promotes or reports it."""
         session, criterion = self.session, self.criterion
         state = session.state
 
@@ -532,8 +552,11 @@ class _Loop:
             return [_shared_numpy(p) if t in self.on_kernels else None for t, p in enumerate(state.params)]
 
         counts = [sum(before[t] for t in group) - keep[r] for group, keep in zip(self.fast, self.fast_keep)]
-        result = self.alive.prune_streamed(stream, criterion.ranks_magnitude, self.fast, counts, zero=zero,
-                                           record=[False] * len(before), seed=state.round, hold_outside=True)
+        # Held back on a NaN score, and, for scores that can leave the dtype's range, on
+        # one outside it: the usual way then promotes the copy, or raises, or warns.
+        result = self.alive.prune_streamed(stream, criterion.ranks_magnitude, self.fast, counts, zero_after=zero,
+                                           record=[False] * len(before), seed=state.round,
+                                           hold_outside=criterion.wide_range)
         if not result.held:
             return result
         if not state.can_promote:

@@ -252,49 +252,51 @@ class Survivors:
         absolute: bool,
         groups: Sequence[Sequence[int]],
         counts: Sequence[int],
-        zero: Callable[[], Sequence[np.ndarray | None]],
+        zero_after: Callable[[], Sequence[np.ndarray | None]],
         record: Sequence[bool],
         seed: int = 0,
         hold_outside: bool = False,
     ) -> Round:
-        """:meth:`prune` for scores that come one target at a time and are not kept.
+        """:meth:`prune` for scores that come one target at a time, once each pass.
 
         ``stream(visit)`` runs one scoring pass: it calls ``visit(t, scores, weights)``
         for every target ``t`` as its scores are ready (flat arrays, ``weights`` None
         where the score is not multiplied by one). The target is sampled and scanned
         with its group's bracket, predicted from the group's previous round
         (:class:`_Forecast`): at once if it is large, else together with the next ones
-        once they add up to ``_BATCH`` weights (their arrays are kept until then). A group whose prediction
-        missed the threshold is scored again with the bracket of this round's sample
-        (then, if that missed too, with an infinite one); a group without a prediction
-        gets a pass that only samples first. The result is :meth:`prune`'s on the same
-        scores, whatever the prediction. ``zero()`` gives :meth:`prune`'s ``zero``
-        arrays, asked for after the scoring passes (which may replace the tensors).
+        once they add up to ``_BATCH`` weights (their arrays are kept until then). A
+        group whose prediction missed the threshold is scored again with the bracket of
+        this round's sample (then, if that missed too, with an infinite one); a group
+        without a prediction gets a pass that only samples first. The result is
+        :meth:`prune`'s on the scores of each group's last pass, whatever the
+        prediction. ``zero_after()`` gives :meth:`prune`'s ``zero`` arrays, asked for
+        after the scoring passes (which may replace the tensors).
         """
+        counts = [max(0, count) for count in counts]
         members = self._members(groups)
         owner = {t: g for g, group in enumerate(groups) for t in group}
         live = [sum(c.live for c in chunks) for chunks in members]
         forecasts = [self._forecasts.get(tuple(group)) for group in groups]
         # A group too small to sample, or that prunes nothing, has its bracket already.
-        fixed = [count <= 0 or n <= 4 * _SAMPLE for count, n in zip(counts, live)]
+        fixed = [count == 0 or n <= 4 * _SAMPLE for count, n in zip(counts, live)]
         brackets = [_bracket_from(np.empty(0), count, n) if known else None if forecast is None
                     else forecast.predict(count, n) for count, n, forecast, known in zip(counts, live, forecasts, fixed)]
-        predicted = [b is not None for b in brackets]
+        hits = [b is not None for b in brackets]  # whether the group's first bracket held its threshold
         parts: list[list[np.ndarray]] = [[] for _ in groups]
         samples = [np.empty(0) for _ in groups]
         pending, first = set(range(len(groups))), True
         waiting: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # targets ranked together, in batches
 
         def rank_waiting() -> None:
-            """Sample and scan the waiting targets, in one call of each kernel."""
+            """Sample (in a round's first pass) and scan the waiting targets, in one call
+            of each kernel."""
             scores = {t: score for t, (score, _) in waiting.items()}
             weights = {t: weight for t, (_, weight) in waiting.items()}
             draws, owners = [], []
             for t in waiting:
-                g = owner[t]
-                if first and not fixed[g]:
-                    start = members[g].index(self._by_target[t][0])
-                    new = self._draws(self._by_target[t], live[g], scores, weights, seed, start)
+                g, chunks = owner[t], self._by_target[t]
+                if first and not fixed[g] and chunks:
+                    new = self._draws(chunks, live[g], scores, weights, seed, members[g].index(chunks[0]))
                     draws += new
                     owners += [g] * len(new)
             for g, draw, m in zip(owners, draws, _kernels.sample_many(draws, absolute, self.threads)):
@@ -303,13 +305,13 @@ class Survivors:
                         for c in self._by_target[t]], scores, weights, absolute)
             waiting.clear()
 
-        while pending:
-            def visit(t: int, score: np.ndarray, weight: np.ndarray | None) -> None:
-                if owner.get(t) in pending:
-                    waiting[t] = score, weight
-                    if sum(self.sizes[u] for u in waiting) >= _BATCH:
-                        rank_waiting()
+        def visit(t: int, score: np.ndarray, weight: np.ndarray | None) -> None:
+            if owner.get(t) in pending:
+                waiting[t] = score, weight
+                if sum(self.sizes[u] for u in waiting) >= _BATCH:
+                    rank_waiting()
 
+        while pending:
             stream(visit)
             rank_waiting()
             if any(c.nan or (hold_outside and c.outside) for g in pending if brackets[g] is not None
@@ -318,18 +320,22 @@ class Survivors:
             if first:
                 samples = [np.concatenate(p) if p else np.empty(0) for p in parts]
             for g in list(pending):
-                if brackets[g] is not None and _contains(members[g], counts[g]):
+                if brackets[g] is not None and (_contains(members[g], counts[g]) or brackets[g][0] == -math.inf
+                                                and brackets[g][1] == math.inf):
                     pending.discard(g)
                     continue
                 if brackets[g] is not None and first:
-                    predicted[g] = False  # the prediction missed
+                    hits[g] = False
                 brackets[g] = (_bracket_from(samples[g], counts[g], live[g]) if brackets[g] is None or first
                                else (-math.inf, math.inf))
             first = False
-        result, thresholds = self._finish(members, counts, zero(), record, hold_outside, dry_run=False)
+        result, thresholds = self._finish(members, counts, zero_after(), record, hold_outside, dry_run=False)
         if not result.held:
-            for group, sample, threshold, hit, forecast in zip(groups, samples, thresholds, predicted, forecasts):
-                self._forecasts[tuple(group)] = _Forecast.after(forecast, sample, threshold, hit)
+            for g, group in enumerate(groups):
+                # The round's cut: the largest score it pruned from the band, else (all it
+                # pruned lay below the bracket) the bracket's foot.
+                cut = thresholds[g] if thresholds[g] is not None or counts[g] == 0 else brackets[g][0]
+                self._forecasts[tuple(group)] = _Forecast.after(forecasts[g], samples[g], cut, hits[g])
         return result
 
     def _members(self, groups: Sequence[Sequence[int]]) -> list[list[_Chunk]]:
@@ -341,22 +347,21 @@ class Survivors:
         the threshold: the band entries chosen, the drops applied (unless held back);
         and each group's threshold, the largest score it prunes from the band (None if
         none)."""
+        # Per target, over the chunks this call scanned (the others are left as they are).
         in_call = {c for chunks in members for c in chunks}
+        scanned = [[c for c in chunks if c in in_call] for chunks in self._by_target]
+        nan, nonzero, outside = ([sum(getattr(c, stat) for c in chunks) for chunks in scanned]
+                                 for stat in ("nan", "nonzero", "outside"))
+        pruned: list[np.ndarray | None] = [None] * len(self._by_target)
+        if any(nan) or (hold_outside and any(outside)):
+            return Round(nan, nonzero, outside, pruned, held=True), [None] * len(members)
         chosen: dict[_Chunk, np.ndarray] = {}
         thresholds = []
         for chunks, count in zip(members, counts):
             picked, threshold = self._choose(chunks, count - sum(c.n_below for c in chunks))
             chosen.update(picked)
             thresholds.append(threshold)
-
-        # Per target, over the chunks this call scanned (the others are left as they are).
-        scanned = [[c for c in chunks if c in in_call] for chunks in self._by_target]
-        nan, nonzero, outside = ([sum(getattr(c, stat) for c in chunks) for chunks in scanned]
-                                 for stat in ("nan", "nonzero", "outside"))
-        pruned: list[np.ndarray | None] = [None] * len(self._by_target)
         would = [sum(c.n_below + (chosen[c].size if c in chosen else 0) for c in chunks) for chunks in scanned]
-        if any(nan) or (hold_outside and any(outside)):
-            return Round(nan, nonzero, outside, pruned, held=True, would=would), thresholds
         if dry_run:
             return Round(nan, nonzero, outside, pruned, would=would), thresholds
         applies, applied = [], []
@@ -428,9 +433,10 @@ class Survivors:
                 float(values[picked].max()))
 
 
-#: A predicted bracket spans these multiples of the round's fraction of the survivors
-#: in the last round's surviving sample, and, in score, this factor more each side
-#: (squared after a miss, relaxed back after each hit).
+#: A predicted bracket reaches from the ranks ``_RANKS[0] * k`` to ``_RANKS[1] * k``
+#: (k: the round's count) in the last round's surviving sample, and then this factor
+#: further in score on each side; the factor is squared after a miss and relaxed
+#: back towards ``_WIDTH`` after each hit.
 _RANKS = (0.75, 1.35)
 _WIDTH = 1.03
 
@@ -465,16 +471,16 @@ class _Forecast:
     @staticmethod
     def after(last: "_Forecast | None", sample: np.ndarray, threshold: float | None,
               hit: bool) -> "_Forecast | None":
-        """The forecast after a round with this ``sample`` of its scores and ``threshold``
-        (None if it pruned nothing from a band); ``hit``: whether the round's predicted
-        bracket held the threshold. None where there is nothing to predict from: too
+        """The forecast after a round with this ``sample`` of its scores, which pruned
+        the scores up to ``threshold`` (None: nothing); ``hit``: whether the round's
+        predicted bracket held the threshold. None where there is nothing to predict from: too
         small a sample, or scores that are not all positive (the drift is a factor)."""
         survived = np.sort(sample if threshold is None else sample[sample > threshold])
         if survived.size < 64 or not survived[0] > 0:
             return None
         width = _WIDTH if last is None else (max(_WIDTH, last.width ** 0.9) if hit else last.width ** 2)
         drift = None
-        if last is not None and last.point and threshold is not None:
+        if last is not None and last.point and threshold is not None and threshold > 0:
             drift = threshold / last.point
         return _Forecast(survived, drift, width)
 

@@ -173,7 +173,7 @@ class ScoringSession:
         self._grad: torch.enable_grad | None = None
         # stream(): the hooks on the copy's targets, the parameters they are on, the taker of the pass
         self._hooks: list = []
-        self._hooked: list | None = None
+        self._hooked: list = []
         self._take: Callable[[int, torch.Tensor], None] | None = None
         self._arrived: list[bool] = []
 
@@ -187,7 +187,8 @@ class ScoringSession:
         return self._model
 
     def weight_bytes(self, indices: Iterable[int]) -> int:
-        """The bytes of the targets ``indices`` in the user's model (those of their gradients)."""
+        """The bytes of the targets ``indices`` in the user's model: those of their
+        gradients, unless the scoring copy is moved to float64 (then twice them)."""
         return sum(_user_tensor(self._model.get_submodule(t.module_name), t.name).nbytes
                    for t in (self.targets[i] for i in indices))
 
@@ -242,27 +243,32 @@ class ScoringSession:
     def stream(self, take: Callable[[int, torch.Tensor], None]) -> list[int]:
         """One round of a :class:`~synflow_plugin.criteria.GradientCriterion`'s scores,
         target by target: inside the backward pass of its objective, ``take(t, score)``
-        is called as soon as target ``t``'s gradient is complete, and the gradient is
-        freed when ``take`` returns (``take`` must not keep it). Returns the targets
-        the objective does not depend on, whose scores are zero."""
+        is called as soon as target ``t``'s gradient is complete; the copy lets go of
+        it then (it is freed unless ``take`` keeps it). The pass accumulates into the
+        targets only: no other tensor's ``.grad`` (an input's, say) is touched.
+        Returns the targets the objective does not depend on, whose scores are zero."""
         state = self._live_state()
         criterion = self.criterion
         if not isinstance(criterion, GradientCriterion):
             raise PruningError(f"criterion {criterion.name} is not a GradientCriterion: its scores are not "
                                "the gradient of one objective; use scores()")
         objective = criterion.objective(state)  # it may promote the copy: the targets are read after it
-        if self._hooked is not state.params:
+        params = list(state.params)
+        if len(params) != len(self._hooked) or any(p is not q for p, q in zip(params, self._hooked)):
             self._unhook()
-            self._hooks = [p.register_post_accumulate_grad_hook(self._hand_over(t)) for t, p in enumerate(state.params)]
-            self._hooked = state.params
-        for p in state.params:
+            self._hooks = [p.register_post_accumulate_grad_hook(self._hand_over(t)) for t, p in enumerate(params)]
+            self._hooked = params
+        for p in params:
             p.grad = None  # a gradient copied with the model would be added to
-        self._take, self._arrived = take, [False] * len(state.params)
+        self._take, self._arrived = take, [False] * len(params)
         try:
-            objective.backward()
+            torch.autograd.backward(objective, inputs=[p for p in params if p.requires_grad])
+            for t, p in enumerate(params):  # a gradient that came without its hook is handed over too
+                if not self._arrived[t] and p.grad is not None:
+                    self._hand_over(t)(p)
         finally:
             self._take = None
-            for p in state.params:
+            for p in params:
                 p.grad = None
         return [t for t, came in enumerate(self._arrived) if not came]
 
@@ -279,7 +285,7 @@ class ScoringSession:
     def _unhook(self) -> None:
         for handle in self._hooks:
             handle.remove()
-        self._hooks, self._hooked = [], None
+        self._hooks, self._hooked = [], []
 
     def ranked_scores(self) -> list[torch.Tensor]:
         """One round of the scores that are ranked, for every weight (:meth:`Criterion.finish`)."""

@@ -410,12 +410,12 @@ class GradientCriterion(Criterion):
     """A criterion whose round of scores is the gradient of one scalar, its
     :meth:`objective`, with respect to the targets (SynFlow: ∂R/∂θ of the flow R).
 
-    Subclasses implement :meth:`objective` instead of :meth:`score`. The pruning loop
-    then takes each target's gradient as the backward pass produces it, keeps the
-    survivors' scores packed and frees the gradient at once
+    Subclasses implement :meth:`objective` instead of :meth:`score`. Where holding
+    every target's gradient at once would crowd memory, the pruning loop then ranks
+    each gradient as the backward pass produces it and lets go of it
     (:meth:`~synflow_plugin.session.ScoringSession.stream`), so that a round holds one
-    gradient at a time instead of all of them. A subclass that overrides :meth:`score`
-    as well is scored through :meth:`score`, the usual way.
+    large gradient, or a batch of small ones, at a time. A subclass that overrides
+    :meth:`score` as well is scored through :meth:`score`, the usual way.
     """
 
     @abc.abstractmethod
@@ -431,6 +431,6 @@ class GradientCriterion(Criterion):
         return [torch.zeros_like(p) if g is None else g for p, g in zip(state.params, grads)]
 
     @property
-    def streams(self) -> bool:
+    def streamable(self) -> bool:
         """Whether the scores are :meth:`objective`'s gradient (:meth:`score` not overridden)."""
         return type(self).score is GradientCriterion.score
