@@ -16,7 +16,7 @@ from torch.nn.utils import prune
 import synflow_plugin
 from synflow_plugin import PruningError, PruningTypeError, compute_masks, compute_scores, prunable_parameters
 from synflow_plugin.criteria import get_criterion
-from synflow_plugin.criteria.ntk_sap import _batch_statistics
+from synflow_plugin.criteria.ntk_sap import NTKSAPWarning, _batch_statistics
 from synflow_plugin.criteria.phew import PHEWCriterion, PHEWWarning, _Layer
 from synflow_plugin.criteria.prospr import ProsPrWarning
 from synflow_plugin.session import ScoringRequest, ScoringSession
@@ -131,6 +131,28 @@ def test_ntksap_redrawn_weights_keep_earlier_pruning():
     masks = compute_masks(model, prunable_parameters(model), "ntksap", 0.5, example_inputs=x, iterations=4)
     assert not bool((masks[1] & pruned).any())
     assert_untouched(model, before)
+
+
+def test_ntksap_names_the_pruned_tensors_it_cannot_redraw():
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.attn, self.out = nn.Linear(6, 8), nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.inp(x)
+            return self.out(self.attn(h, h, h, need_weights=False)[0].mean(dim=1))
+
+    torch.manual_seed(0)
+    model = Attention()
+    x = torch.randn(2, 4, 6)
+    with pytest.warns(NTKSAPWarning, match=r"attn\.in_proj_weight is not re-drawn") as record:
+        compute_masks(model, prunable_parameters(model), "ntksap", 0.5, example_inputs=x, iterations=1)
+    assert "inp.weight" not in str(record[0].message)  # nn.Linear re-draws its own
+    plain = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NTKSAPWarning)
+        compute_masks(plain, prunable_parameters(plain), "ntksap", 0.5, example_inputs=torch.randn(2, 6), iterations=1)
 
 
 def test_ntksap_batch_statistics_are_those_of_a_momentum_one_train_pass():

@@ -112,7 +112,7 @@ class GemMinerCriterion(Criterion):
         lr: learning rate of the scores (0.1, the ResNet-20 config).
         optimizer: ``"sgd"`` (momentum ``momentum``, the ResNet-20 config) or ``"adam"``
             (the VGG-16 config).
-        momentum: SGD momentum (0.9).
+        momentum: SGD momentum (0.9); refused with ``optimizer="adam"``, which would not use it.
         weight_decay: the optimizer's weight decay on the scores (0, as the configs).
         lmbda: λ of the regulariser λ‖s‖² (1e-4 for ResNet-20; the VGG-16 config uses 1e-6).
         lr_schedule: ``"cosine"`` (annealed to 0 over all epochs of the call) or ``"constant"``.
@@ -137,14 +137,19 @@ class GemMinerCriterion(Criterion):
     seeded = True
     default_iterations = 29
 
-    def __init__(self, *, epochs: int = 5, lr: float = 0.1, optimizer: str = "sgd", momentum: float = 0.9,
+    def __init__(self, *, epochs: int = 5, lr: float = 0.1, optimizer: str = "sgd", momentum: float | None = None,
                  weight_decay: float = 0.0, lmbda: float = 1e-4, lr_schedule: str = "cosine",
                  threshold: float = 0.5, init: str = "model", batchnorm: str = "model", train_mode: bool = True,
                  seed: int | None = None) -> None:
         self.epochs = _positive(epochs, "epochs", integer=True)
         self.lr = _positive(lr, "lr")
         self.optimizer = _choice(optimizer, "optimizer", _OPTIMIZERS)
-        self.momentum = _positive(momentum, "momentum", zero=True)
+        if momentum is not None and self.optimizer != "sgd":
+            raise PruningError(
+                f"gemminer: momentum={momentum!r} applies to optimizer='sgd' only; Adam keeps its own moment "
+                "estimates. Leave momentum out, or pass optimizer='sgd'."
+            )
+        self.momentum = _positive(0.9 if momentum is None else momentum, "momentum", zero=True)
         self.weight_decay = _positive(weight_decay, "weight_decay", zero=True)
         self.lmbda = _positive(lmbda, "lmbda", zero=True)
         self.lr_schedule = _choice(lr_schedule, "lr_schedule", _LR_SCHEDULES)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any
 
 import torch
@@ -42,7 +43,12 @@ from synflow_plugin.criteria.base import Criterion, ScoringState, describe, prim
 from synflow_plugin.criteria.registry import register_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 
-__all__ = ["NTKSAPCriterion", "gaussian_like"]
+__all__ = ["NTKSAPCriterion", "NTKSAPWarning", "gaussian_like"]
+
+
+class NTKSAPWarning(UserWarning):
+    """Some pruned tensors are not re-drawn between NTK-SAP's draws: their module has no
+    ``reset_parameters``, so every draw scores them at their own values."""
 
 
 def gaussian_like(example: Any, batch_size: int | None, device: torch.device | None, draw: bool = True) -> Any:
@@ -117,7 +123,8 @@ class NTKSAPCriterion(Criterion):
 
     1. every module of the copy with a ``reset_parameters`` method is re-initialised by
        it (PyTorch's default initialisation of each layer; parameters of modules without
-       one keep their values); the pruned weights of the targets are set back to zero;
+       one keep their values, and an :class:`NTKSAPWarning` names the pruned ones); the
+       pruned weights of the targets are set back to zero;
     2. x_r ~ N(0, 1), shaped like ``example_inputs`` (the batch dimension ``batch_size``
        where given), and Δ_r ~ N(0, 1) for every target;
     3. BatchNorm statistics are those of x_r through the unperturbed network (as the
@@ -171,6 +178,17 @@ class NTKSAPCriterion(Criterion):
         state.cache["ntksap_modules"] = [m for m in state.model.modules()
                                          if callable(getattr(m, "reset_parameters", None))]
         state.cache["ntksap_names"] = [t.qualified_name for t in state.targets]
+        kept = [t.qualified_name for t in state.targets
+                if not callable(getattr(state.model.get_submodule(t.module_name), "reset_parameters", None))]
+        if kept:
+            warnings.warn(
+                f"ntksap: {', '.join(kept)} {'is' if len(kept) == 1 else 'are'} not re-drawn between draws: "
+                f"{'its module has' if len(kept) == 1 else 'their modules have'} no reset_parameters() (e.g. "
+                "nn.MultiheadAttention's in_proj_weight, or a custom layer), so every draw scores "
+                f"{'it' if len(kept) == 1 else 'them'} at the model's own values. Give the module a "
+                "reset_parameters() that re-initialises it, or leave these tensors out of the prune.",
+                NTKSAPWarning, stacklevel=2,
+            )
 
     def _draw(self, state: ScoringState, alive: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
         """One draw: re-initialised weights, a Gaussian batch and a perturbation; returns
