@@ -484,7 +484,7 @@ class PaIImportance(tp.importance.Importance):
             inputs = _default_inputs(model, graph)[0]
         if inputs is None and self.data is not None:
             inputs = next((batch[0] for batch in Inputs(data=self.data, num_batches=1).batches("importance")), None)
-        if inputs is None:
+        if inputs is None and not self._criterion.needs_example_inputs:  # else scoring asks for them
             warnings.warn(
                 f"{type(self).__name__}: there is no input to run the model on (no example_inputs=, data= or "
                 "model.input_shape, and torch-pruning's trace kept none), so only the layers whose output nothing "
