@@ -364,13 +364,6 @@ class Grid:
             raise PruningTypeError(f"Grid(): model_options={self.model_options!r} must hold JSON values "
                                    f"(numbers, strings, booleans, lists): {exc}") from None
         self.criterion_options = _criterion_options(self.criterion_options, known)
-        unused = [name for name in self.criterion_options if name not in self.criteria]
-        if unused:
-            warnings.warn(
-                f"Grid(): criterion_options for {', '.join(map(repr, unused))} go unused: "
-                f"{'it is' if len(unused) == 1 else 'they are'} not among criteria={list(self.criteria)}",
-                UserWarning, stacklevel=3,
-            )
         self.epochs, self.batch_size = int(self.epochs), int(self.batch_size)
         self.calibration_per_class, self.threads = int(self.calibration_per_class), int(self.threads)
         self.lr, self.weight_decay = float(self.lr), float(self.weight_decay)

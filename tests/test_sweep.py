@@ -399,8 +399,7 @@ def test_imp_levels_train_exactly_as_the_final_training(tmp_path):
     from synflow_plugin.targets import prunable_parameters
     from synflow_plugin.train import train_model
 
-    grid = Grid(**dict(TRAINING, criteria=["imp"], compressions=[2], seeds=[3],
-                       criterion_options={"imp": TRAINING["criterion_options"]["imp"]}))
+    grid = Grid(**dict(TRAINING, criteria=["imp"], compressions=[2], seeds=[3]))
     (record,) = run_sweep(grid, tmp_path, progress=False, plot=False).records
     assert record["iterations"] == 1 and record["remaining"] == 296
 
@@ -460,8 +459,3 @@ def test_imp_trials_take_their_levels_and_rewinding_from_their_own_options(tmp_p
     (record,) = run_sweep(grid, tmp_path, progress=False, plot=False).records
     assert record["status"] == "ok" and record["iterations"] == 4  # IMP's own 20% levels, not the grid's 5
     assert not any("left unchanged" in w for w in record["warnings"])  # the rewound weights were trained
-
-
-def test_options_of_a_criterion_outside_the_grid_are_said_to_go_unused():
-    with pytest.warns(UserWarning, match=r"criterion_options for 'gemminer' go unused: it is not among criteria="):
-        Grid(**dict(TRAINING, criteria=["imp"]))
