@@ -789,22 +789,3 @@ def test_without_inputs_the_graphs_own_ends_are_the_returned_layers():
     assert set(_returned_layers(model, graph, None)) == {id(model.head)}
     assert set(_returned_layers(model, graph, x)) == {id(model.head), id(model.body)}
 
-
-def test_a_check_of_returned_layers_without_an_input_to_run_says_so():
-    # The first layer is a LayerNorm: torch-pruning's trace keeps no input to rebuild, so
-    # without example_inputs= the importance cannot run the model to find returned features.
-    def build():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-
-    model, x = build(), torch.randn(2, 8)
-    pruner = tp.pruner.MetaPruner(model, x, importance=MagnitudeImportance(), pruning_ratio=0.5,
-                                  global_pruning=True, ignored_layers=[model[3]])
-    with pytest.warns(UserWarning, match="there is no input to run the model on"):
-        pruner.step()
-    model = build()
-    pruner = tp.pruner.MetaPruner(model, x, importance=MagnitudeImportance(example_inputs=x), pruning_ratio=0.5,
-                                  global_pruning=True, ignored_layers=[model[3]])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        pruner.step()

@@ -484,15 +484,6 @@ class PaIImportance(tp.importance.Importance):
             inputs = _default_inputs(model, graph)[0]
         if inputs is None and self.data is not None:
             inputs = next((batch[0] for batch in Inputs(data=self.data, num_batches=1).batches("importance")), None)
-        if inputs is None and not self._criterion.needs_example_inputs:  # else scoring asks for them
-            warnings.warn(
-                f"{type(self).__name__}: there is no input to run the model on (no example_inputs=, data= or "
-                "model.input_shape, and torch-pruning's trace kept none), so only the layers whose output nothing "
-                "else reads are kept whole as model outputs; a returned feature that later layers read too (e.g. "
-                "hidden states) could lose channels. Pass example_inputs=<a batch the model accepts> to check "
-                "those too, or prune_outputs=True where shrinking them is meant.",
-                UserWarning, stacklevel=2,
-            )
         found = _returned_layers(model, graph, inputs)
         self._returned[key] = (weakref.ref(graph) if graph is not None else (lambda: None), found)
         return found
