@@ -160,6 +160,7 @@ _SUPPLIED = ("seed", "train_fn", "data", "example_inputs", "rewind_into")
 def _criterion_options(value: Any, known: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``Grid.criterion_options`` checked: criterion names to dicts of JSON keywords; an
     option no trial could use (``iterations`` of a one-shot criterion) is refused."""
+    from synflow_plugin.criteria import get_criterion
     from synflow_plugin.demo import criterion_class
 
     if not isinstance(value, Mapping):
@@ -189,6 +190,10 @@ def _criterion_options(value: Any, known: Sequence[str]) -> dict[str, dict[str, 
         except (TypeError, ValueError) as exc:
             raise PruningTypeError(f"Grid(): criterion_options[{name!r}]={options!r} must hold JSON values: "
                                    f"{exc}") from None
+        try:  # built once here, so that a bad option fails before any trial loads data
+            get_criterion(key, **{k: v for k, v in options.items() if k != "iterations"})
+        except (PruningError, PruningTypeError) as exc:
+            raise type(exc)(f"Grid(): criterion_options[{name!r}]: {exc}") from None
         out[key] = dict(options)
     return out
 

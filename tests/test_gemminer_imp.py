@@ -167,7 +167,8 @@ def test_gemminer_needs_data_and_checks_its_options():
         get_criterion("gemminer", optimizer="rmsprop")
     with pytest.raises(PruningError, match=r"momentum=0.5 applies to optimizer='sgd' only"):
         get_criterion("gemminer", optimizer="adam", momentum=0.5)  # Adam would never read it
-    assert get_criterion("gemminer", optimizer="adam").optimizer == "adam"
+    adam = get_criterion("gemminer", optimizer="adam")
+    assert adam.optimizer == "adam" and "momentum=None" in repr(adam)  # the repr stays a valid call
     assert get_criterion("gemminer").momentum == 0.9 and get_criterion("gemminer", momentum=0.0).momentum == 0.0
 
 

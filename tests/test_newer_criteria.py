@@ -154,6 +154,34 @@ def test_ntksap_names_the_pruned_tensors_it_cannot_redraw():
         warnings.simplefilter("error", NTKSAPWarning)
         compute_masks(plain, prunable_parameters(plain), "ntksap", 0.5, example_inputs=torch.randn(2, 6), iterations=1)
 
+    class Scaled(nn.Linear):  # inherits nn.Linear's reset_parameters, which knows nothing of `gain`
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.gain = nn.Parameter(torch.ones(self.out_features, self.in_features))
+
+        def forward(self, x):
+            return F.linear(x, self.weight * self.gain, self.bias)
+
+    class Owner(nn.Module):  # re-draws its child's weight itself
+        def __init__(self):
+            super().__init__()
+            self.child = Scaled(6, 8)
+            self.child.reset_parameters = None
+            self.out = nn.Linear(8, 3)
+
+        def reset_parameters(self):
+            nn.init.normal_(self.child.weight)
+
+        def forward(self, x):
+            return self.out(self.child(x))
+
+    model = Owner()
+    params = [(model.child, "weight"), (model.child, "gain"), (model.out, "weight")]
+    with pytest.warns(NTKSAPWarning) as record:
+        compute_masks(model, params, "ntksap", 0.5, example_inputs=torch.randn(2, 6), iterations=1)
+    message = str(record[0].message)
+    assert message.startswith("ntksap: child.gain is not re-drawn") and "child.weight" not in message
+
 
 def test_ntksap_batch_statistics_are_those_of_a_momentum_one_train_pass():
     torch.manual_seed(0)

@@ -122,6 +122,9 @@ def test_grid_lists_every_trial_in_a_fixed_order():
     ({"criterion_options": {"gemminer": {"iterations": 0}}}, ["iterations", "positive"]),
     ({"criterion_options": [("imp", {})]}, ["criterion_options", "dict of criterion name"]),
     ({"criterion_options": {"snip": {"iterations": 5}}}, ["snip prunes in one round", "ignored"]),
+    ({"criterion_options": {"imp": {"rate": 2.0}}}, ["criterion_options['imp']", "rate=2.0"]),  # before any trial
+    ({"criterion_options": {"gemminer": {"optimizer": "adam", "momentum": 0.9}}}, ["momentum=0.9", "'sgd' only"]),
+    ({"criterion_options": {"imp": {"bogus": 1}}}, ["criterion_options['imp']", "'bogus'"]),
 ])
 def test_bad_grid_values_are_refused_naming_them(change, words):
     with pytest.raises(PruningError) as info:

@@ -149,7 +149,9 @@ class GemMinerCriterion(Criterion):
                 f"gemminer: momentum={momentum!r} applies to optimizer='sgd' only; Adam keeps its own moment "
                 "estimates. Leave momentum out, or pass optimizer='sgd'."
             )
-        self.momentum = _positive(0.9 if momentum is None else momentum, "momentum", zero=True)
+        # Adam reads no momentum: None there, so that the criterion's repr is a valid call.
+        self.momentum = None if self.optimizer != "sgd" else _positive(0.9 if momentum is None else momentum,
+                                                                        "momentum", zero=True)
         self.weight_decay = _positive(weight_decay, "weight_decay", zero=True)
         self.lmbda = _positive(lmbda, "lmbda", zero=True)
         self.lr_schedule = _choice(lr_schedule, "lr_schedule", _LR_SCHEDULES)

@@ -30,6 +30,7 @@ in rounds on the exponential schedule (the paper: 20 rounds, R = 5, ε = 0.01).
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import warnings
@@ -47,8 +48,8 @@ __all__ = ["NTKSAPCriterion", "NTKSAPWarning", "gaussian_like"]
 
 
 class NTKSAPWarning(UserWarning):
-    """Some pruned tensors are not re-drawn between NTK-SAP's draws: their module has no
-    ``reset_parameters``, so every draw scores them at their own values."""
+    """Some pruned tensors are not re-drawn between NTK-SAP's draws: no module's
+    ``reset_parameters`` re-initialises them, so every draw scores them at their own values."""
 
 
 def gaussian_like(example: Any, batch_size: int | None, device: torch.device | None, draw: bool = True) -> Any:
@@ -115,6 +116,25 @@ def _batch_statistics(model: nn.Module, run) -> None:
                 module.running_var.mul_(n / (n - 1))  # what a momentum-1 train-mode pass stores
 
 
+def _not_redrawn(state: ScoringState) -> list[str]:
+    """The targets that the modules' ``reset_parameters()`` leave as they are: tried once
+    on the scoring copy, which is then put back as it was, and with the RNG forked."""
+    tensors = list(itertools.chain(state.model.parameters(), state.model.buffers()))
+    device = state.device
+    with torch.no_grad():
+        saved = [t.detach().clone() for t in tensors]
+        before = {id(p): s for p, s in zip(tensors, saved)}
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device.index or 0],
+                                   device_type="cuda" if device.type == "cpu" else device.type):
+            for module in state.cache["ntksap_modules"]:
+                module.reset_parameters()
+            same = [t.qualified_name for t, p in zip(state.targets, state.params)
+                    if id(p) in before and torch.equal(p, before[id(p)])]
+        for tensor, value in zip(tensors, saved):
+            tensor.copy_(value)
+    return same
+
+
 @register_criterion
 class NTKSAPCriterion(Criterion):
     """Score = |Σ_r ∂/∂m ‖f(x_r; θ_r ⊙ m) − f(x_r; (θ_r + εΔ_r) ⊙ m)‖²| (NTK-SAP, Wang et al. 2023).
@@ -123,8 +143,8 @@ class NTKSAPCriterion(Criterion):
 
     1. every module of the copy with a ``reset_parameters`` method is re-initialised by
        it (PyTorch's default initialisation of each layer; parameters of modules without
-       one keep their values, and an :class:`NTKSAPWarning` names the pruned ones); the
-       pruned weights of the targets are set back to zero;
+       one keep their values, and an :class:`NTKSAPWarning` names the pruned ones no
+       ``reset_parameters`` re-draws); the pruned weights of the targets are set back to zero;
     2. x_r ~ N(0, 1), shaped like ``example_inputs`` (the batch dimension ``batch_size``
        where given), and Δ_r ~ N(0, 1) for every target;
     3. BatchNorm statistics are those of x_r through the unperturbed network (as the
@@ -178,15 +198,16 @@ class NTKSAPCriterion(Criterion):
         state.cache["ntksap_modules"] = [m for m in state.model.modules()
                                          if callable(getattr(m, "reset_parameters", None))]
         state.cache["ntksap_names"] = [t.qualified_name for t in state.targets]
-        kept = [t.qualified_name for t in state.targets
-                if not callable(getattr(state.model.get_submodule(t.module_name), "reset_parameters", None))]
+        kept = _not_redrawn(state)
         if kept:
+            shown = ", ".join(kept[:5]) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
             warnings.warn(
-                f"ntksap: {', '.join(kept)} {'is' if len(kept) == 1 else 'are'} not re-drawn between draws: "
-                f"{'its module has' if len(kept) == 1 else 'their modules have'} no reset_parameters() (e.g. "
-                "nn.MultiheadAttention's in_proj_weight, or a custom layer), so every draw scores "
-                f"{'it' if len(kept) == 1 else 'them'} at the model's own values. Give the module a "
-                "reset_parameters() that re-initialises it, or leave these tensors out of the prune.",
+                f"ntksap: {shown} {'is' if len(kept) == 1 else 'are'} not re-drawn between draws: no module's "
+                "reset_parameters() re-initialises "
+                f"{'it' if len(kept) == 1 else 'them'} (e.g. nn.MultiheadAttention's in_proj_weight, or a "
+                f"parameter a custom layer adds), so every draw scores {'it' if len(kept) == 1 else 'them'} at "
+                "the model's own values. Give the module a reset_parameters() that re-initialises it, or leave "
+                "these tensors out of the prune.",
                 NTKSAPWarning, stacklevel=2,
             )
 
