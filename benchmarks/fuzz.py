@@ -4,7 +4,10 @@ Draws random networks and requests for every criterion and both torch entry poin
 checks each against the invariants, and prints a tally and every failure with the
 seed that reproduces it (``random_case(np.random.default_rng(seed))``).
 
-    python benchmarks/fuzz.py [--cases 1000] [--seed 0]
+    python benchmarks/fuzz.py [--cases 1000] [--seed 0] [--streamed]
+
+``--streamed``: every prune streams its gradients where it can, as it does when
+memory is short (see ``synflow_plugin.masking.STREAM_FRACTION``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from synflow_plugin import PruningError
+from synflow_plugin import PruningError, masking
 from synflow_plugin.testing import check_case, random_case
 
 
@@ -26,7 +29,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--streamed", action="store_true", help="stream the gradients, as when memory is short")
     args = parser.parse_args()
+    if args.streamed:
+        masking._available_memory = lambda: 1
     torch.set_num_threads(1)
     tally: collections.Counter = collections.Counter()
     failures = []
