@@ -788,4 +788,3 @@ def test_without_inputs_the_graphs_own_ends_are_the_returned_layers():
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
     assert set(_returned_layers(model, graph, None)) == {id(model.head)}
     assert set(_returned_layers(model, graph, x)) == {id(model.head), id(model.body)}
-
