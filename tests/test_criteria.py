@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from synflow_plugin import PruningError, compute_scores, get_criterion, list_criteria, prunable_parameters
-from synflow_plugin.criteria import Criterion, register_criterion
+from synflow_plugin.criteria import CRITERIA, Criterion, register_criterion
 from synflow_plugin.diagnostics import conservation_gap
 from synflow_plugin.models import create_model
 
@@ -172,3 +172,14 @@ def test_scores_of_pruned_weights_are_zero_for_weight_proportional_criteria():
     assert s1[0, 1] == 0 and s1[0, 0] > 0
     m1, _ = compute_scores(model, prunable_parameters(model), "magnitude")
     assert m1[0, 1] == 0 and math.isclose(m1[1, 0].item(), 3.0)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, cls in CRITERIA.items() if cls.seeded))
+def test_every_seeded_criterion_reads_seed_alike(name):
+    import numpy as np
+
+    assert get_criterion(name, seed=np.int64(3)).seed == 3 and type(get_criterion(name, seed=np.int64(3)).seed) is int
+    assert get_criterion(name, seed=None).seed is None
+    for bad in (True, np.bool_(False), 1.5, "3"):
+        with pytest.raises(PruningError, match=rf"{name}: seed={bad!r} should be an int or None"):
+            get_criterion(name, seed=bad)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import abc
 import itertools
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +17,7 @@ from synflow_plugin.distributed import all_reduce_sum
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.targets import Target
 
-__all__ = ["Criterion", "GradientCriterion", "Inputs", "ScoringState", "primary_output", "flow_outputs", "describe", "to_device"]
+__all__ = ["Criterion", "GradientCriterion", "check_seed", "Inputs", "ScoringState", "primary_output", "flow_outputs", "describe", "to_device"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -198,6 +200,14 @@ def _cross_entropy(logits: torch.Tensor, targets: Any) -> torch.Tensor:
         # (batch, time, classes) logits against (batch, time) targets: a loss per token.
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     return F.cross_entropy(logits, targets)
+
+
+def check_seed(seed: Any, criterion: str) -> int | None:
+    """A criterion's ``seed=`` option checked: None, or an integer (numpy's too; not a
+    bool), returned as an ``int``."""
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral)):
+        raise PruningError(f"{criterion}: seed={seed!r} should be an int or None")
+    return None if seed is None else int(seed)
 
 
 def describe(value: Any) -> str:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from synflow_plugin.criteria.base import Criterion, ScoringState, to_device
+from synflow_plugin.criteria.base import Criterion, ScoringState, check_seed, to_device
 from synflow_plugin.criteria.registry import register_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 
@@ -163,9 +163,7 @@ class GemMinerCriterion(Criterion):
         if not isinstance(train_mode, bool):
             raise PruningTypeError(f"gemminer: train_mode should be a bool, got {type(train_mode).__name__}")
         self.train_mode = train_mode
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise PruningError(f"gemminer: seed={seed!r} should be an int or None")
-        self.seed = seed
+        self.seed = check_seed(seed, "gemminer")
         self._history: list[dict] = []
 
     @property

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from synflow_plugin.criteria.base import Criterion, ScoringState, describe, primary_output
+from synflow_plugin.criteria.base import Criterion, ScoringState, check_seed, describe, primary_output
 from synflow_plugin.criteria.registry import register_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 
@@ -182,13 +182,11 @@ class NTKSAPCriterion(Criterion):
         if (isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not math.isfinite(epsilon)
                 or epsilon <= 0):
             raise PruningError(f"epsilon={epsilon!r} should be a positive finite number (the paper uses 0.01)")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise PruningError(f"seed={seed!r} should be an int or None")
         self.epsilon = float(epsilon)
         self.draws = _positive_int(draws, "draws", "the paper's scripts use 5")
         self.batch_size = None if batch_size is None else _positive_int(
             batch_size, "batch_size", "or None for the example input's batch size")
-        self.seed = None if seed is None else int(seed)
+        self.seed = check_seed(seed, "ntksap")
 
     def prepare(self, state: ScoringState) -> None:
         example = state.inputs.example_inputs

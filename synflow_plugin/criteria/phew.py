@@ -29,7 +29,7 @@ import warnings
 import torch
 from torch import nn
 
-from synflow_plugin.criteria.base import Criterion, ScoringState
+from synflow_plugin.criteria.base import Criterion, ScoringState, check_seed
 from synflow_plugin.criteria.registry import register_criterion
 from synflow_plugin.errors import PruningError
 
@@ -138,10 +138,8 @@ class PHEWCriterion(Criterion):
                 or not 0 < coverage <= 1):
             raise PruningError(f"coverage={coverage!r} should be a number in (0, 1] (the fraction of the "
                                "surviving weights the walks cross; default 0.1)")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise PruningError(f"seed={seed!r} should be an int or None")
         self.coverage = float(coverage)
-        self.seed = None if seed is None else int(seed)
+        self.seed = check_seed(seed, "phew")
 
     def prepare(self, state: ScoringState) -> None:
         for target in state.targets:

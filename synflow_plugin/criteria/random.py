@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from synflow_plugin.criteria.base import Criterion, ScoringState
+from synflow_plugin.criteria.base import Criterion, ScoringState, check_seed
 from synflow_plugin.criteria.registry import register_criterion
-from synflow_plugin.errors import PruningError
 
 __all__ = ["RandomCriterion"]
 
@@ -31,9 +30,7 @@ class RandomCriterion(Criterion):
     seeded = True
 
     def __init__(self, *, seed: int | None = None) -> None:
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise PruningError(f"seed={seed!r} should be an int or None")
-        self.seed = seed
+        self.seed = check_seed(seed, "random")
 
     def prepare(self, state: ScoringState) -> None:
         if self.seed is not None:
