@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from synflow_plugin.distributed import all_reduce_sum
 from synflow_plugin.errors import PruningError, PruningTypeError
@@ -113,9 +114,13 @@ class Inputs:
                 )
             yield batch
 
-    def call(self, model: nn.Module, args: Any, what: str) -> Any:
+    def call(self, model: nn.Module, args: Any, what: str, weights: Mapping[str, torch.Tensor] | None = None) -> Any:
         """``model(args)`` with tuples as positional and dicts as keyword arguments;
-        a failure inside the model becomes a :class:`PruningError` saying what was fed."""
+        a failure inside the model becomes a :class:`PruningError` saying what was fed.
+        ``weights``: parameters by name to run the model with instead of its own
+        (:func:`torch.func.functional_call`; the model is not changed)."""
+        if weights is not None:
+            return self.call(lambda *a, **k: functional_call(model, weights, a, k), args, what)
         try:
             if isinstance(args, Mapping):
                 return model(**args)

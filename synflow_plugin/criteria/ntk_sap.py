@@ -38,7 +38,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from synflow_plugin.criteria.base import Criterion, ScoringState, check_seed, describe, primary_output
 from synflow_plugin.criteria.registry import register_criterion
@@ -224,26 +223,10 @@ class NTKSAPCriterion(Criterion):
         _batch_statistics(state.model, lambda: state.inputs.call(state.model, x, "NTK-SAP's Gaussian input"))
         masked = {n: plain[n] * m for n, m in zip(names, masks)}
         perturbed = {n: d.mul_(self.epsilon).add_(plain[n]) * m for n, d, m in zip(names, deltas, masks)}
-        out = primary_output(self._call(state, masked, x))
-        out_perturbed = primary_output(self._call(state, perturbed, x))
+        what = "NTK-SAP's Gaussian input"
+        out = primary_output(state.inputs.call(state.model, x, what, weights=masked))
+        out_perturbed = primary_output(state.inputs.call(state.model, x, what, weights=perturbed))
         return (out - out_perturbed).square().sum()
-
-    def _call(self, state: ScoringState, weights: dict, x: Any) -> Any:
-        def run(args):
-            if isinstance(args, dict):
-                return functional_call(state.model, weights, (), args)
-            if isinstance(args, (tuple, list)):
-                return functional_call(state.model, weights, tuple(args))
-            return functional_call(state.model, weights, (args,))
-        try:
-            return run(x)
-        except PruningError:
-            raise
-        except Exception as exc:
-            raise PruningError(
-                f"the model failed on NTK-SAP's Gaussian input {describe(x)} ({type(exc).__name__}: {exc}). "
-                "Pass example_inputs that model(...) accepts."
-            ) from exc
 
     def score(self, state: ScoringState) -> list[torch.Tensor]:
         alive = [a.to(p.dtype) for a, p in zip(state.alive(), state.params)]

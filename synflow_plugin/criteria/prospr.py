@@ -32,9 +32,8 @@ import numbers
 import warnings
 
 import torch
-from torch.func import functional_call
 
-from synflow_plugin.criteria.base import Criterion, ScoringState, describe, to_device
+from synflow_plugin.criteria.base import Criterion, ScoringState, to_device
 from synflow_plugin.criteria.registry import register_criterion
 from synflow_plugin.errors import PruningError
 
@@ -186,18 +185,5 @@ class ProsPrCriterion(Criterion):
 
     def _loss(self, state: ScoringState, weights: dict, batch) -> torch.Tensor:
         inputs, labels = batch
-        try:
-            if isinstance(inputs, dict):
-                output = functional_call(state.model, weights, (), inputs)
-            elif isinstance(inputs, (tuple, list)):
-                output = functional_call(state.model, weights, tuple(inputs))
-            else:
-                output = functional_call(state.model, weights, (inputs,))
-        except PruningError:
-            raise
-        except Exception as exc:
-            raise PruningError(
-                f"the model failed on a batch of data ({type(exc).__name__}: {exc}). Pass inputs that "
-                f"model(...) accepts: {describe(inputs)} was given."
-            ) from exc
+        output = state.inputs.call(state.model, inputs, "a batch of data", weights=weights)
         return state.inputs.loss(output, labels)
