@@ -269,34 +269,37 @@ _ARGS_DOC = """
     """
 
 
-def _make_cifar_factory(depth: int):
-    blocks = (depth - 2) // 6
+def _factory(name: str, stage_widths: Sequence[int], blocks_per_stage: Sequence[int], doc: str, *,
+             block: type[nn.Module] = BasicBlock, stem: str = "cifar", num_classes: int = 10,
+             input_shape: Sequence[int] = (3, 32, 32)):
+    """The zoo factory ``name``: a ResNet of these stages, keyword options only, with
+    ``num_classes`` and ``input_shape`` as its defaults."""
+    default_classes, default_shape = num_classes, tuple(input_shape)
 
     def factory(
         *,
-        num_classes: int = 10,
-        input_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = default_classes,
+        input_shape: Sequence[int] = default_shape,
         width_multiplier: float = 1.0,
         zero_init_residual: bool = False,
     ) -> ResNet:
-        return _resnet(
-            f"resnet{depth}",
-            (16, 32, 64),
-            (blocks,) * 3,
-            num_classes,
-            input_shape,
-            width_multiplier,
-            zero_init_residual,
-        )
+        return _resnet(name, stage_widths, blocks_per_stage, num_classes, input_shape, width_multiplier,
+                       zero_init_residual, block=block, stem=stem)
 
-    factory.__name__ = factory.__qualname__ = f"resnet{depth}"
+    factory.__name__ = factory.__qualname__ = name
     factory.__module__ = __name__
-    factory.__doc__ = (
+    factory.__doc__ = doc
+    return factory
+
+
+def _make_cifar_factory(depth: int):
+    blocks = (depth - 2) // 6
+    return _factory(
+        f"resnet{depth}", (16, 32, 64), (blocks,) * 3,
         f"ResNet-{depth} for CIFAR: 3 stages of {blocks} BasicBlocks with 16/32/64 channels.\n\n"
         "    Initialised as in the SynFlow paper (kaiming-normal convs and linear, BN 1/0);\n"
-        "    see https://arxiv.org/abs/2006.05467.\n" + _ARGS_DOC.format(minimum=4)
+        "    see https://arxiv.org/abs/2006.05467.\n" + _ARGS_DOC.format(minimum=4),
     )
-    return factory
 
 
 resnet20 = _make_cifar_factory(20)
@@ -304,96 +307,19 @@ resnet32 = _make_cifar_factory(32)
 resnet44 = _make_cifar_factory(44)
 resnet56 = _make_cifar_factory(56)
 
-
-def resnet18(
-    *,
-    num_classes: int = 10,
-    input_shape: Sequence[int] = (3, 32, 32),
-    width_multiplier: float = 1.0,
-    zero_init_residual: bool = False,
-) -> ResNet:
-    return _resnet(
-        "resnet18",
-        (64, 128, 256, 512),
-        (2, 2, 2, 2),
-        num_classes,
-        input_shape,
-        width_multiplier,
-        zero_init_residual,
-    )
-
-
-def wide_resnet18(
-    *,
-    num_classes: int = 10,
-    input_shape: Sequence[int] = (3, 32, 32),
-    width_multiplier: float = 1.0,
-    zero_init_residual: bool = False,
-) -> ResNet:
-    return _resnet(
-        "wide_resnet18",
-        (128, 256, 512, 1024),
-        (2, 2, 2, 2),
-        num_classes,
-        input_shape,
-        width_multiplier,
-        zero_init_residual,
-    )
-
-
-resnet18.__doc__ = (
+resnet18 = _factory("resnet18", (64, 128, 256, 512), (2, 2, 2, 2), (
     "ResNet-18, CIFAR variant for 32x32 inputs: 3x3 stem conv, no max-pool, [2, 2, 2, 2]\n"
     "    BasicBlocks with 64/128/256/512 channels (for 224x224: resnet18_imagenet).\n\n"
     "    Initialised as in the SynFlow paper (https://arxiv.org/abs/2006.05467).\n"
     "    Made for 32x32 inputs (0.56 GMACs there). The stem keeps the resolution, so at\n"
     "    224x224 it costs 27.2 GMACs; for ImageNet-sized inputs use\n"
     "    :func:`resnet18_imagenet` (1.81 GMACs at 224x224).\n" + _ARGS_DOC.format(minimum=8)
-)
-wide_resnet18.__doc__ = (
+))
+wide_resnet18 = _factory("wide_resnet18", (128, 256, 512, 1024), (2, 2, 2, 2), (
     "Wide ResNet-18: :func:`resnet18` with every channel count doubled\n"
     "    (stem and stages 128/256/512/1024), initialised as in the SynFlow paper\n"
     "    (https://arxiv.org/abs/2006.05467).\n" + _ARGS_DOC.format(minimum=8)
-)
-
-
-def resnet18_imagenet(
-    *,
-    num_classes: int = 1000,
-    input_shape: Sequence[int] = (3, 224, 224),
-    width_multiplier: float = 1.0,
-    zero_init_residual: bool = False,
-) -> ResNet:
-    return _resnet(
-        "resnet18_imagenet",
-        (64, 128, 256, 512),
-        (2, 2, 2, 2),
-        num_classes,
-        input_shape,
-        width_multiplier,
-        zero_init_residual,
-        stem="imagenet",
-    )
-
-
-def resnet50_imagenet(
-    *,
-    num_classes: int = 1000,
-    input_shape: Sequence[int] = (3, 224, 224),
-    width_multiplier: float = 1.0,
-    zero_init_residual: bool = False,
-) -> ResNet:
-    return _resnet(
-        "resnet50_imagenet",
-        (64, 128, 256, 512),
-        (3, 4, 6, 3),
-        num_classes,
-        input_shape,
-        width_multiplier,
-        zero_init_residual,
-        block=Bottleneck,
-        stem="imagenet",
-    )
-
+))
 
 _IMAGENET_DOC = """
     Layer shapes of torchvision's ``{tv}`` (He et al., https://arxiv.org/abs/1512.03385):
@@ -406,10 +332,17 @@ _IMAGENET_DOC = """
     Defaults: ``num_classes=1000``, ``input_shape=(3, 224, 224)``.
 """ + _ARGS_DOC
 
-resnet18_imagenet.__doc__ = "ResNet-18 for ImageNet-sized 224x224 inputs, torchvision's layer shapes: 1.81 GMACs.\n" + _IMAGENET_DOC.format(
-    tv="resnet18", blocks="[2, 2, 2, 2] BasicBlocks with 64/128/256/512 channels", macs="1.81", params="11.7", minimum=32
+resnet18_imagenet = _factory(
+    "resnet18_imagenet", (64, 128, 256, 512), (2, 2, 2, 2),
+    "ResNet-18 for ImageNet-sized 224x224 inputs, torchvision's layer shapes: 1.81 GMACs.\n" + _IMAGENET_DOC.format(
+        tv="resnet18", blocks="[2, 2, 2, 2] BasicBlocks with 64/128/256/512 channels", macs="1.81", params="11.7",
+        minimum=32),
+    stem="imagenet", num_classes=1000, input_shape=(3, 224, 224),
 )
-resnet50_imagenet.__doc__ = "ResNet-50 for ImageNet-sized 224x224 inputs, torchvision's layer shapes: 4.09 GMACs.\n" + _IMAGENET_DOC.format(
-    tv="resnet50", blocks="[3, 4, 6, 3] Bottleneck blocks (1x1, 3x3 with the stride, 1x1 with 4x expansion)\n"
-    "    of widths 64/128/256/512 (outputs 256/512/1024/2048)", macs="4.09", params="25.6", minimum=32,
+resnet50_imagenet = _factory(
+    "resnet50_imagenet", (64, 128, 256, 512), (3, 4, 6, 3),
+    "ResNet-50 for ImageNet-sized 224x224 inputs, torchvision's layer shapes: 4.09 GMACs.\n" + _IMAGENET_DOC.format(
+        tv="resnet50", blocks="[3, 4, 6, 3] Bottleneck blocks (1x1, 3x3 with the stride, 1x1 with 4x expansion)\n"
+        "    of widths 64/128/256/512 (outputs 256/512/1024/2048)", macs="4.09", params="25.6", minimum=32),
+    block=Bottleneck, stem="imagenet", num_classes=1000, input_shape=(3, 224, 224),
 )
