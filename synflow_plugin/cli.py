@@ -43,7 +43,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -97,44 +97,25 @@ def _amount(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: should be a positive integer")
-    return value
+def _number(convert: Callable[[str], Any], valid: Callable[[Any], bool], expected: str, name: str):
+    """An argparse type: ``convert(text)``, refused unless ``valid``, with the error
+    ``invalid value 'TEXT': should be EXPECTED``."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not valid(value):
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: should be {expected}")
+        return value
+    parse.__name__ = parse.__qualname__ = name
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: should be an integer >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: should be a positive number")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: should be a number >= 0")
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer", "_positive_int")
+_nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0", "_nonnegative_int")
+_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number", "_positive_float")
+_nonnegative_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0", "_nonnegative_float")
 
 
 def _int_list(text: str) -> tuple[int, ...]:

@@ -721,8 +721,6 @@ def MaxNLocator(**kwargs):  # noqa: N802 - matplotlib's name, imported lazily
     return locator(**kwargs)
 
 
-
-
 def _critical_axes(ax, collapse: dict[str, Any], s: DemoSettings) -> None:
     names = list(collapse["criteria"])
     xs = range(len(names))

@@ -1107,7 +1107,6 @@ results.json; a rerun retries them), 2 for a bad argument."""
 
 
 def _compressions_arg(text: str) -> tuple[float, ...]:
-
     items = [t.strip() for t in text.split(",")]
     if not items or any(not t for t in items):
         raise argparse.ArgumentTypeError(f"invalid list {text!r}: give comma-separated compressions, e.g. 10,100,1e3")
