@@ -518,6 +518,18 @@ class _Loop:
                     p.data.reshape(-1).index_fill_(0, torch.from_numpy(pruned).to(p.device), 0)
         self._prune_units(r, units)
 
+    def _counts(self, before: list[int], r: int) -> list[int]:
+        """What each kernel-ranked group loses in round ``r`` on its schedule (before bounds)."""
+        return [sum(before[t] for t in group) - keep[r] for group, keep in zip(self.fast, self.fast_keep)]
+
+    def _zero_views(self) -> list[np.ndarray | None]:
+        """Per target, the numpy view of the copy's tensor in which the kernels zero the
+        weights they prune (None: not ranked here, a criterion that revives, or a tensor
+        numpy cannot share: its positions are recorded and zeroed through torch)."""
+        params = self.session.state.params
+        return [None if self.criterion.revives or t not in self.on_kernels else _shared_numpy(p)
+                for t, p in enumerate(params)]
+
     def _streams(self, state) -> bool:
         """Whether this round takes each gradient as the backward pass produces it
         (:meth:`_streamed_round`): a :class:`~synflow_plugin.criteria.GradientCriterion`
@@ -548,13 +560,11 @@ class _Loop:
                 param = state.params[t]
                 take(t, torch.zeros_like(param))
 
-        def zero() -> list[np.ndarray | None]:  # after the passes: the objective may have promoted the copy
-            return [_shared_numpy(p) if t in self.on_kernels else None for t, p in enumerate(state.params)]
-
-        counts = [sum(before[t] for t in group) - keep[r] for group, keep in zip(self.fast, self.fast_keep)]
         # Held back on a NaN score, and, for scores that can leave the dtype's range, on
-        # one outside it: the usual way then promotes the copy, or raises, or warns.
-        result = self.alive.prune_streamed(stream, criterion.ranks_magnitude, self.fast, counts, zero_after=zero,
+        # one outside it: the usual way then promotes the copy, or raises, or warns. The
+        # views to zero are taken after the passes: the objective may have promoted the copy.
+        result = self.alive.prune_streamed(stream, criterion.ranks_magnitude, self.fast, self._counts(before, r),
+                                           zero_after=self._zero_views,
                                            record=[False] * len(before), seed=state.round,
                                            hold_outside=criterion.wide_range)
         if not result.held:
@@ -590,10 +600,10 @@ class _Loop:
         the others ranked again (a clamped threshold, as :func:`~synflow_plugin.plan.bounded_drop`).
         """
         criterion, state, fast = self.criterion, self.session.state, self.on_kernels
+        dtype = np.float64 if any(s.dtype == torch.float64 for s in scores) else np.float32
         # Pruned weights are zeroed in the scored copy: in place where numpy shares its
         # memory, else (another device or dtype) through torch with the recorded positions.
-        zero = [None if criterion.revives or t not in fast else _shared_numpy(p) for t, p in enumerate(state.params)]
-        dtype = np.float64 if any(s.dtype == torch.float64 for s in scores) else np.float32
+        zero = self._zero_views()
         arrays = dict(
             scores=[_as_numpy(s, dtype) if t in fast else None for t, s in enumerate(scores)],
             weights=[_as_numpy(p, dtype) if criterion.times_weight and t in fast else None
@@ -602,8 +612,7 @@ class _Loop:
             record=[t in fast and not criterion.revives and z is None for t, z in enumerate(zero)],
         )
         plain, bounded = [], []
-        for group, keep, bounds in zip(self.fast, self.fast_keep, self.fast_bounds):
-            count = sum(before[t] for t in group) - keep[r]
+        for group, count, bounds in zip(self.fast, self._counts(before, r), self.fast_bounds):
             if bounds is None:
                 plain.append((group, count))
                 continue

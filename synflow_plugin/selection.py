@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from synflow_plugin import _kernels
+from synflow_plugin.targets import expanded_value
 
 __all__ = ["smallest_positions", "drop_smallest", "Survivors"]
 
@@ -73,7 +74,7 @@ def _extreme_positions(values: np.ndarray, count: int, largest: bool) -> np.ndar
         rng = np.random.default_rng(n)  # the result is exact; the sample only speeds it up
         sample = values[rng.integers(0, n, _SAMPLE)]
         q = count / n
-        margin = int(q * _SAMPLE + 5.0 * math.sqrt(_SAMPLE * q * (1.0 - q)) + 2)
+        margin = int(q * _SAMPLE + _rank_margin(_SAMPLE, q))
         if margin < _SAMPLE:
             rank = _SAMPLE - 1 - margin if largest else margin
             bound = np.partition(sample, rank)[rank]
@@ -284,8 +285,9 @@ class Survivors:
         hits = [b is not None for b in brackets]  # whether the group's first bracket held its threshold
         parts: list[list[np.ndarray]] = [[] for _ in groups]
         samples = [np.empty(0) for _ in groups]
-        pending, first = set(range(len(groups))), True
+        pending, first = set(range(len(groups))), True  # first: the round's first pass
         waiting: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # targets ranked together, in batches
+        waiting_size = 0  # their weights
 
         def rank_waiting() -> None:
             """Sample (in a round's first pass) and scan the waiting targets, in one call
@@ -306,30 +308,41 @@ class Survivors:
             waiting.clear()
 
         def visit(t: int, score: np.ndarray, weight: np.ndarray | None) -> None:
+            nonlocal waiting_size
             if owner.get(t) in pending:
                 waiting[t] = score, weight
-                if sum(self.sizes[u] for u in waiting) >= _BATCH:
+                waiting_size += self.sizes[t]
+                if waiting_size >= _BATCH:
                     rank_waiting()
+                    waiting_size = 0
 
-        while pending:
+        # At most three passes: the predicted bracket (or, without one, a sample only),
+        # the bracket of the round's own sample, an infinite bracket (which holds any count).
+        held = False
+        for attempt in range(3):
+            first = attempt == 0
             stream(visit)
             rank_waiting()
-            if any(c.nan or (hold_outside and c.outside) for g in pending if brackets[g] is not None
-                   for c in members[g]):
-                break  # held back below, with nothing pruned
+            waiting_size = 0
+            held = any(c.nan or (hold_outside and c.outside) for g in pending if brackets[g] is not None
+                       for c in members[g])
+            if held:
+                break  # _finish holds the round back, with nothing pruned
             if first:
                 samples = [np.concatenate(p) if p else np.empty(0) for p in parts]
             for g in list(pending):
-                if brackets[g] is not None and (_contains(members[g], counts[g]) or brackets[g][0] == -math.inf
-                                                and brackets[g][1] == math.inf):
+                if brackets[g] is not None and _contains(members[g], counts[g]):
                     pending.discard(g)
                     continue
                 if brackets[g] is not None and first:
                     hits[g] = False
                 brackets[g] = (_bracket_from(samples[g], counts[g], live[g]) if brackets[g] is None or first
                                else (-math.inf, math.inf))
-            first = False
-        result, thresholds = self._finish(members, counts, zero_after(), record, hold_outside, dry_run=False)
+            if not pending:
+                break
+        assert held or not pending, "an infinite bracket holds every count"
+        result, thresholds = self._finish(members, counts, zero_after(), record, hold_outside, dry_run=False,
+                                          thresholds=True)
         if not result.held:
             for g, group in enumerate(groups):
                 # The round's cut: the largest score it pruned from the band, else (all it
@@ -342,11 +355,12 @@ class Survivors:
         return [[c for t in group for c in self._by_target[t]] for group in groups]
 
     def _finish(self, members: list[list[_Chunk]], counts: Sequence[int], zero: Sequence[np.ndarray | None],
-                record: Sequence[bool], hold_outside: bool, dry_run: bool) -> tuple[Round, list[float | None]]:
+                record: Sequence[bool], hold_outside: bool, dry_run: bool,
+                thresholds: bool = False) -> tuple[Round, list[float | None]]:
         """The round's result from each group's scanned chunks, whose bracket contains
         the threshold: the band entries chosen, the drops applied (unless held back);
-        and each group's threshold, the largest score it prunes from the band (None if
-        none)."""
+        and, if ``thresholds``, each group's threshold, the largest score it prunes from
+        the band (None if none, or not asked for)."""
         # Per target, over the chunks this call scanned (the others are left as they are).
         in_call = {c for chunks in members for c in chunks}
         scanned = [[c for c in chunks if c in in_call] for chunks in self._by_target]
@@ -356,14 +370,14 @@ class Survivors:
         if any(nan) or (hold_outside and any(outside)):
             return Round(nan, nonzero, outside, pruned, held=True), [None] * len(members)
         chosen: dict[_Chunk, np.ndarray] = {}
-        thresholds = []
+        cuts: list[float | None] = []
         for chunks, count in zip(members, counts):
-            picked, threshold = self._choose(chunks, count - sum(c.n_below for c in chunks))
+            picked, cut = self._choose(chunks, count - sum(c.n_below for c in chunks), thresholds)
             chosen.update(picked)
-            thresholds.append(threshold)
+            cuts.append(cut)
         would = [sum(c.n_below + (chosen[c].size if c in chosen else 0) for c in chunks) for chunks in scanned]
         if dry_run:
-            return Round(nan, nonzero, outside, pruned, would=would), thresholds
+            return Round(nan, nonzero, outside, pruned, would=would), cuts
         applies, applied = [], []
         for t, chunks in enumerate(scanned):
             drop = self.drop[t]
@@ -379,7 +393,7 @@ class Survivors:
                 pruned[t] = 64 * a + _kernels.set_positions(drop[a:b] & self.bits[t][a:b])
         for c, removed in zip(applied, _kernels.apply_many(applies, self.threads)):
             c.live -= removed
-        return Round(nan, nonzero, outside, pruned, would=would), thresholds
+        return Round(nan, nonzero, outside, pruned, would=would), cuts
 
     def _scan(self, work: list[tuple[_Chunk, tuple[float, float]]], scores, weights, absolute) -> None:
         """One scoring pass over each chunk of ``work``, with its bracket ``(lo, hi)``."""
@@ -417,20 +431,22 @@ class Survivors:
         return draws
 
     @staticmethod
-    def _choose(chunks: list[_Chunk], count: int) -> tuple[dict[_Chunk, np.ndarray], float | None]:
+    def _choose(chunks: list[_Chunk], count: int, threshold: bool = False) -> tuple[dict[_Chunk, np.ndarray],
+                                                                                      float | None]:
         """The ``count`` smallest band entries of ``chunks`` (offsets from each one's
-        start), and the largest score among them (None if none)."""
+        start), and, if ``threshold``, the largest score among them (else None)."""
         if count <= 0:
             return {}, None
         sizes = [c.n_band for c in chunks]
         values = np.concatenate([c.band_score[: c.n_band] for c in chunks])
         if count >= values.size:
-            return {c: c.band[: c.n_band] for c in chunks}, float(values.max()) if values.size else None
+            top = float(values.max()) if threshold and values.size else None
+            return {c: c.band[: c.n_band] for c in chunks}, top
         picked = smallest_positions(values, count)
         bounds = np.cumsum([0] + sizes)
         cuts = np.searchsorted(picked, bounds)
         return ({c: c.band[picked[a:b] - lo] for c, a, b, lo in zip(chunks, cuts[:-1], cuts[1:], bounds[:-1])},
-                float(values[picked].max()))
+                float(values[picked].max()) if threshold else None)
 
 
 #: A predicted bracket reaches from the ranks ``_RANKS[0] * k`` to ``_RANKS[1] * k``
@@ -463,7 +479,7 @@ class _Forecast:
         (``_WIDEN``). Keeps the point prediction, from which :meth:`after` measures
         the next drift."""
         m, q = self.survived.size, count / live
-        margin = 5.0 * math.sqrt(m * q * (1.0 - q)) + 2.0
+        margin = _rank_margin(m, q)
         low = math.floor(min(_RANKS[0] * q * m, q * m - margin))
         high = math.ceil(max(_RANKS[1] * q * m, q * m + margin))
         width = self.width ** (1.0 + _WIDEN * q)  # a round that prunes much moves the scores much
@@ -478,8 +494,9 @@ class _Forecast:
               hit: bool) -> "_Forecast | None":
         """The forecast after a round with this ``sample`` of its scores, which pruned
         the scores up to ``threshold`` (None: nothing); ``hit``: whether the round's
-        predicted bracket held the threshold. None where there is nothing to predict from: too
-        small a sample, or scores that are not all positive (the drift is a factor)."""
+        predicted bracket held the threshold. None where there is nothing to predict
+        from: too small a sample, or scores that are not all positive (the drift is a
+        factor)."""
         survived = np.sort(sample if threshold is None else sample[sample > threshold])
         if survived.size < 64 or not survived[0] > 0:
             return None
@@ -500,12 +517,18 @@ def _bracket_from(sample: np.ndarray, count: int, live: int) -> tuple[float, flo
     if m == 0:
         return -math.inf, math.inf
     q = min(1.0, count / live)
-    margin = 5.0 * math.sqrt(m * q * (1.0 - q)) + 2.0
+    margin = _rank_margin(m, q)
     low, high = math.floor(q * m - margin), math.ceil(q * m + margin)
     ranks = [r for r in (low, high) if 0 <= r < m]
     if ranks:
         sample = np.partition(sample, ranks)
     return (float(sample[low]) if low >= 0 else -math.inf), (float(sample[high]) if high < m else math.inf)
+
+
+def _rank_margin(m: int, q: float) -> float:
+    """How far, in ranks, the ``q``-quantile of the whole may lie from that of a sample
+    of ``m``: five standard deviations of its rank, plus two."""
+    return 5.0 * math.sqrt(m * q * (1.0 - q)) + 2.0
 
 
 def _contains(chunks: list[_Chunk], count: int) -> bool:
@@ -526,7 +549,7 @@ def _bitmap(flags) -> np.ndarray:
     if flags is None:
         return np.zeros(0, dtype=np.uint64)
     if isinstance(flags, torch.Tensor):
-        if flags.numel() and all(s == 0 for s in flags.stride()) and bool(flags.reshape(-1)[0]):
+        if expanded_value(flags):
             return _kernels.full_bitmap(flags.numel())  # an expanded all-True view: no copy needed
         flags = flags.detach().reshape(-1).cpu().numpy()
     return _kernels.bitmap(np.asarray(flags, dtype=bool).reshape(-1))

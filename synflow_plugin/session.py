@@ -262,10 +262,7 @@ class ScoringSession:
             p.grad = None  # a gradient copied with the model would be added to
         self._take, self._arrived = take, [False] * len(params)
         try:
-            torch.autograd.backward(objective, inputs=[p for p in params if p.requires_grad])
-            for t, p in enumerate(params):  # a gradient that came without its hook is handed over too
-                if not self._arrived[t] and p.grad is not None:
-                    self._hand_over(t)(p)
+            torch.autograd.backward(objective, inputs=params)
         finally:
             self._take = None
             for p in params:

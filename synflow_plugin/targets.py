@@ -29,6 +29,7 @@ __all__ = [
     "resolve_targets",
     "current_mask",
     "count_true",
+    "expanded_value",
     # copies and views
     "clone_model",
     "scoring_copy",
@@ -159,11 +160,20 @@ def current_mask(module: nn.Module, name: str) -> torch.Tensor:
     return torch.ones_like(getattr(module, name), dtype=torch.bool)
 
 
-def count_true(mask: torch.Tensor) -> int:
-    """The True entries of a boolean mask; an expanded scalar (the all-True view a
-    tensor without a prune mask gets) is counted without being materialised."""
+def expanded_value(mask: torch.Tensor) -> bool | None:
+    """The one value of a mask that is an expanded scalar (every stride 0, as the
+    all-True view a tensor without a prune mask gets), else None."""
     if mask.numel() and not any(mask.stride()):
-        return mask.numel() if bool(mask.reshape(-1)[0]) else 0
+        return bool(mask.reshape(-1)[0])
+    return None
+
+
+def count_true(mask: torch.Tensor) -> int:
+    """The True entries of a boolean mask; an expanded scalar is counted without
+    being materialised."""
+    value = expanded_value(mask)
+    if value is not None:
+        return mask.numel() if value else 0
     return int(torch.count_nonzero(mask))
 
 

@@ -120,11 +120,12 @@ def _not_redrawn(state: ScoringState) -> list[str]:
     on the scoring copy, which is then put back as it was, and with the RNG forked."""
     tensors = list(itertools.chain(state.model.parameters(), state.model.buffers()))
     device = state.device
+    on_cpu = device.type == "cpu"  # then only the CPU generator is forked
     with torch.no_grad():
         saved = [t.detach().clone() for t in tensors]
         before = {id(p): s for p, s in zip(tensors, saved)}
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device.index or 0],
-                                   device_type="cuda" if device.type == "cpu" else device.type):
+        with torch.random.fork_rng(devices=[] if on_cpu else [device.index or 0],
+                                   device_type="cuda" if on_cpu else device.type):
             for module in state.cache["ntksap_modules"]:
                 module.reset_parameters()
             same = [t.qualified_name for t, p in zip(state.targets, state.params)
