@@ -12,8 +12,9 @@ for the core loop (a scoring copy, its gradients, the survivors' bitmap).
 Paths: ``core`` (:func:`synflow_plugin.compute_masks`), ``streamed`` (the same with the
 gradients streamed, as the loop does when holding them all would crowd the machine's
 memory: see :data:`synflow_plugin.masking.STREAM_FRACTION`), ``prune``
-(``prune.global_unstructured`` with :class:`synflow_plugin.SynFlow`) and ``l1`` (torch's
-own ``L1Unstructured`` through ``global_unstructured``, for comparison).
+(``prune.global_unstructured`` with :class:`synflow_plugin.SynFlow`), ``nni`` (NNI's
+compression with :class:`synflow_plugin.nni.SynFlowPruner`, one global group) and ``l1``
+(torch's own ``L1Unstructured`` through ``global_unstructured``, for comparison).
 
     python benchmarks/memory.py [--model vgg16_bn] [--width 1.0] [--repeats 3] [--cold]
     python benchmarks/memory.py --mlp 100000000      # a 100M-weight MLP (about 5 GB at peak)
@@ -61,6 +62,14 @@ def prune_with(path: str, model, x, rounds: int) -> None:
         if path == "streamed":
             masking._available_memory = lambda: 1  # as if memory were short
         compute_masks(model, params, "synflow", 0.999, example_inputs=x, iterations=rounds)
+    elif path == "nni":
+        import logging
+
+        from synflow_plugin.nni import SynFlowPruner
+
+        logging.getLogger("nni").setLevel(logging.WARNING)
+        config = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.999, "global_group_id": 0}]
+        SynFlowPruner(model, config, dummy_input=x, iterations=rounds, progress=False).compress()
     elif path == "prune":
         prune.global_unstructured(params, pruning_method=SynFlow, amount=0.999, model=model, example_inputs=x,
                                   iterations=rounds, progress=False)

@@ -469,6 +469,20 @@ def test_data_driven_pruners_leave_weights_and_optimizer_state(pruner_cls):
     assert sum(pruned(m["weight"]) for m in masks.values()) == round(0.9 * total)
 
 
+def test_the_plain_copy_shares_the_model_tensors_and_synflow_leaves_them():
+    from synflow_plugin.adapters.nni.evaluator import plain_copy
+
+    model = small_vgg()
+    pruner = SynFlowPruner(model, GLOBAL, dummy_input=X, iterations=3)
+    plain = plain_copy(pruner.bound_model, pruner._module_wrappers)
+    held = {t.data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    assert not wrapped(plain)
+    assert all(t.data_ptr() in held for t in itertools.chain(plain.parameters(), plain.buffers()))
+    before = model_state(model)
+    pruner.compress()  # SynFlow takes |θ| of its scoring copy in place: a copy of its own
+    assert_same_state(before, model_state(model))
+
+
 def test_failure_inside_the_evaluator_restores_the_model():
     data = batches(3)
     model = small_vgg()

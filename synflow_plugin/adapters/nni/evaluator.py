@@ -9,6 +9,7 @@ train/eval flag of the model is put back exactly afterwards.
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 from typing import Any, Mapping
 
@@ -27,7 +28,11 @@ __all__ = ["plain_copy", "collect_batches"]
 
 def plain_copy(model: nn.Module, wrappers: Mapping[str, ModuleWrapper]) -> nn.Module:
     """A copy of an NNI-wrapped ``model`` without NNI: every wrapped module holds its
-    (unmasked) parameters again and its own ``forward``. The model is not touched."""
+    (unmasked) parameters again and its own ``forward``. The model is not touched.
+
+    The copy shares every parameter and buffer with ``model`` (the unmasked ones are
+    those NNI's wrappers hold), so it costs no tensor memory; it is only read, by the
+    scoring session, whose scoring copy is the one that holds tensors of its own."""
     memo: dict[int, Any] = {}
     wrapped = []
     for name, wrapper in wrappers.items():
@@ -50,6 +55,8 @@ def plain_copy(model: nn.Module, wrappers: Mapping[str, ModuleWrapper]) -> nn.Mo
         for value in module.__dict__.values():
             if isinstance(value, torch.Tensor) and not value.is_leaf:
                 memo[id(value)] = None
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        memo.setdefault(id(tensor), tensor)  # shared, except what NNI's wrappers replaced (None above)
     try:
         clone = copy.deepcopy(model, memo)
     except Exception as exc:
@@ -64,7 +71,7 @@ def plain_copy(model: nn.Module, wrappers: Mapping[str, ModuleWrapper]) -> nn.Mo
             module.__dict__.pop("forward", None)
             for target_name, param in params.items():
                 module._buffers.pop(target_name, None)
-                module.register_parameter(target_name, nn.Parameter(param.detach().clone(), param.requires_grad))
+                module.register_parameter(target_name, param)
     return clone
 
 
