@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.collapse import LayerCollapseWarning
 from synflow_plugin.masking import compute_masks
-from synflow_plugin.targets import prunable_parameters
+from synflow_plugin.targets import held_tensor, prunable_parameters
 
 __all__ = [
     "LayerStats",
@@ -59,7 +59,9 @@ def layer_report(model: nn.Module, params: Iterable[tuple[nn.Module, str]] | Non
     """Per pruned tensor: name, shape, size, remaining weights, density, collapsed.
 
     A tensor pruned by ``torch.nn.utils.prune`` counts the ones of its mask; any other
-    tensor (e.g. after ``prune.remove``) counts its non-zero entries.
+    tensor (e.g. after ``prune.remove``) counts its non-zero entries. A tied weight
+    (one tensor several modules hold) is one row, under its first use, unless its uses
+    are masked differently.
 
     Args:
         model: the network.
@@ -72,12 +74,17 @@ def layer_report(model: nn.Module, params: Iterable[tuple[nn.Module, str]] | Non
     if not isinstance(model, nn.Module):
         raise PruningTypeError(f"layer_report(): model should be a torch.nn.Module, got {type(model).__name__}")
     names = {id(m): n for n, m in model.named_modules()}
-    rows = []
+    rows, reported = [], {}
     for module, name in (prunable_parameters(model) if params is None else params):
         mask = module._buffers.get(f"{name}_mask")
         tensor = mask if mask is not None else getattr(module, name, None)
         if not isinstance(tensor, torch.Tensor):
             raise PruningError(f"layer_report(): {type(module).__name__} has no tensor named '{name}'")
+        # A tied weight's uses are one tensor: one row, unless they are masked differently.
+        held = id(held_tensor(module, name))
+        if held in reported and torch.equal(reported[held], tensor != 0):
+            continue
+        reported.setdefault(held, tensor != 0)
         qualname = names.get(id(module), type(module).__name__)
         rows.append(LayerStats(
             name=f"{qualname}.{name}" if qualname else name,

@@ -183,7 +183,7 @@ def compute_scores(
     request = ScoringRequest.build(criterion, example_inputs=example_inputs, data=data, loss_fn=loss_fn,
                                    num_batches=num_batches, caller="compute_scores()", **options)
     with ScoringSession(model, params, request) as session:
-        return [s.detach() for s in session.ranked_scores()]
+        return session.per_pair([s.detach() for s in session.ranked_scores()])
 
 
 def compute_masks(
@@ -243,7 +243,7 @@ def compute_masks(
         criterion, example_inputs=example_inputs, data=data, loss_fn=loss_fn, num_batches=num_batches,
         iterations=iterations, schedule=schedule, scope=scope, progress=progress, caller=caller, **options)
     session = ScoringSession(model, params, request)
-    return run_plan(session, scope_plan(session, amount, min_density))
+    return session.per_pair(run_plan(session, scope_plan(session, amount, min_density)))
 
 
 def check_min_density(min_density: Any, caller: str = "prune") -> float:

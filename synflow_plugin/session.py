@@ -27,7 +27,7 @@ from torch import nn
 from synflow_plugin.criteria import Criterion, GradientCriterion, Inputs, ScoringState, get_criterion
 from synflow_plugin.distributed import check_same_on_every_rank, resolve_group
 from synflow_plugin.errors import PruningError, PruningTypeError
-from synflow_plugin.targets import Target, current_mask, resolve_targets, scoring_copy
+from synflow_plugin.targets import Target, current_mask, expanded_value, resolve_targets, scoring_copy
 
 __all__ = ["ScoringRequest", "ScoringSession", "ZeroFlowWarning", "SCHEDULES", "SCOPES", "check_train_fn"]
 
@@ -158,16 +158,26 @@ class ScoringSession:
 
     Attributes:
         request: the :class:`ScoringRequest`.
-        targets: the pruned tensors (:class:`~synflow_plugin.targets.Target`), in ``params`` order.
+        targets: the pruned tensors (:class:`~synflow_plugin.targets.Target`), in ``params``
+            order; the uses of a tied weight (pairs whose modules hold the same parameter)
+            are one target.
+        uses: for each pair of ``params``, the index of its target (:meth:`per_pair`).
         start_masks: their ``torch.nn.utils.prune`` masks when the session began (an
-            all-True read-only view for a tensor without one).
+            all-True read-only view for a tensor without one; a tied weight's uses combined).
         state: the :class:`~synflow_plugin.criteria.ScoringState` the criterion sees (inside the block).
     """
 
     def __init__(self, model: nn.Module, params: Iterable[tuple[nn.Module, str]], request: ScoringRequest) -> None:
         self.request = request
-        self.targets: list[Target] = resolve_targets(model, params, caller=request.caller)
-        self.start_masks = [_start_mask(model.get_submodule(t.module_name), t.name) for t in self.targets]
+        params = list(params)
+        self.targets, self.uses = resolve_targets(model, params, caller=request.caller)
+        self.start_masks = [None] * len(self.targets)
+        for (module, name), t in zip(params, self.uses):  # a tied weight: what all its uses keep
+            mask, kept = _start_mask(module, name), self.start_masks[t]
+            if kept is None or expanded_value(kept):
+                self.start_masks[t] = mask
+            elif not expanded_value(mask):
+                self.start_masks[t] = kept & mask
         self._model = model
         self.state: ScoringState | None = None
         self._grad: torch.enable_grad | None = None
@@ -216,6 +226,11 @@ class ScoringSession:
         self._unhook()
         self.state = None  # the copy goes with it
         self._grad.__exit__(*exc)
+
+    def per_pair(self, values: list) -> list:
+        """One value per target (scores, masks) as one per pair of ``params``: the uses
+        of a tied weight share their target's."""
+        return [values[t] for t in self.uses]
 
     def _live_state(self) -> ScoringState:
         if self.state is None:

@@ -10,12 +10,13 @@ while scoring.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils import prune
+from torch.nn.utils import parametrize, prune
 
 from synflow_plugin.errors import PruningError, PruningTypeError
 
@@ -27,6 +28,11 @@ __all__ = [
     "Target",
     "prunable_parameters",
     "resolve_targets",
+    "held_tensor",
+    "tensor_uses",
+    "TiedWeightWarning",
+    "ComputedWeightWarning",
+    "warn_unmasked_uses",
     "current_mask",
     "count_true",
     "expanded_value",
@@ -119,9 +125,11 @@ def prunable_parameters(
         types: the module types to list (e.g. ``(nn.Conv2d,)`` for convolutions only).
         embeddings: also list ``nn.Embedding`` / ``nn.EmbeddingBag`` tables.
 
-    Each module appears once even if it is registered under several names, and a
-    weight tied into several modules (e.g. an embedding shared with the output layer)
-    is listed once, with its first module.
+    Each module appears once even if it is registered under several names. A weight
+    tied into several modules (e.g. an output layer sharing an embedding's table) is
+    listed with every module that holds it, the embedding too: ``torch.nn.utils.prune``
+    masks a tensor module by module, so a use left out would go on reading every weight.
+    The pruning methods rank such a tensor once and give each of its uses the same mask.
 
     >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     >>> [type(m).__name__ for m, _ in prunable_parameters(model)]
@@ -139,14 +147,84 @@ def prunable_parameters(
             f"prunable_parameters(): types should be a sequence of nn.Module subclasses, got {types!r}"
         )
     types = tuple(types)
-    pairs, seen = [], set()
-    for module in model.modules():
+    listed, computed = set(), []
+    for qualname, module in model.named_modules():
         for name in _weight_names(module, types, embeddings):
-            weight = module._parameters.get(f"{name}_orig", module._parameters.get(name))
-            if id(weight) not in seen:
-                seen.add(id(weight))
-                pairs.append((module, name))
-    return pairs
+            tensor = held_tensor(module, name)
+            if tensor is None:  # weight_orig without a prune mask: a hook computes the weight
+                computed.append(f"{qualname}.{name}" if qualname else name)
+            else:
+                listed.add(id(tensor))
+        if isinstance(module, types) and parametrize.is_parametrized(module, "weight"):
+            computed.append(f"{qualname}.weight" if qualname else "weight")
+    if computed:
+        warnings.warn(
+            f"prunable_parameters(): {', '.join(repr(c) for c in computed)} "
+            f"{'is' if len(computed) == 1 else 'are'} computed from other tensors (a parametrization, or "
+            "a hook such as spectral_norm or weight_norm) and not listed: torch.nn.utils.prune cannot mask a "
+            "computed weight. Remove the parametrization first (torch.nn.utils.parametrize."
+            "remove_parametrizations(module, 'weight'), or torch.nn.utils.remove_spectral_norm / "
+            "remove_weight_norm), then list and prune the plain weight.",
+            ComputedWeightWarning, stacklevel=2)
+    return [(module, name) for module in model.modules() for name, tensor in _held_tensors(module)
+            if id(tensor) in listed]
+
+
+class ComputedWeightWarning(UserWarning):
+    """:func:`prunable_parameters` left out a weight that its module computes from other
+    tensors (a parametrization such as ``weight_norm``), which no pruning method can mask."""
+
+
+def held_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """The parameter that ``module.<name>`` reads: its own, or ``<name>_orig`` where
+    ``torch.nn.utils.prune`` has masked it."""
+    return module._parameters.get(f"{name}_orig") if _is_pruned(module, name) else module._parameters.get(name)
+
+
+def _held_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``(name, parameter)`` for every parameter ``module`` reads (pruned ones by their name)."""
+    names = [n[: -len("_orig")] if n.endswith("_orig") and _is_pruned(module, n[: -len("_orig")]) else n
+             for n, p in module._parameters.items() if p is not None]
+    return [(n, held_tensor(module, n)) for n in names]
+
+
+def tensor_uses(model: nn.Module) -> dict[int, list[str]]:
+    """``id(parameter) -> ['qualified.name', ...]``: every module attribute of ``model``
+    that reads each parameter (several for a tied weight), in module order."""
+    uses: dict[int, list[str]] = {}
+    for qualname, module in model.named_modules():
+        for name, tensor in _held_tensors(module):
+            uses.setdefault(id(tensor), []).append(f"{qualname}.{name}" if qualname else name)
+    return uses
+
+
+class TiedWeightWarning(UserWarning):
+    """A pruned tensor is read by modules that were not given a mask: ``torch.nn.utils.prune``
+    (and NNI) mask a tensor module by module, so those go on reading every weight."""
+
+
+def warn_unmasked_uses(model: nn.Module, params: Sequence[tuple[nn.Module, str]], caller: str) -> None:
+    """A :class:`TiedWeightWarning` naming each pruned tensor that modules outside
+    ``params`` read too (a tied weight with a use left out)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    uses = tensor_uses(model)
+    listed = {f"{names[id(m)]}.{n}" if names.get(id(m)) else n for m, n in params if id(m) in names}
+    for module, name in params:
+        tensor = held_tensor(module, name)
+        others = [use for use in uses.get(id(tensor), []) if use not in listed]
+        if tensor is None or not others or id(module) not in names:
+            continue
+        first = f"{names[id(module)]}.{name}" if names[id(module)] else name
+        one = len(others) == 1
+        warnings.warn(
+            f"{caller}: '{first}' is tied: {', '.join(repr(u) for u in others)} "
+            f"{'reads' if one else 'read'} the same tensor but {'is' if one else 'are'} not pruned with it, so "
+            f"{'it goes' if one else 'they go'} on using every weight (and removing the mask later writes the "
+            "pruned values into the shared tensor). Prune every use together, e.g. prune.global_unstructured "
+            "over prunable_parameters(model), which lists each module that holds a tied weight: every use "
+            "then gets the same mask.",
+            TiedWeightWarning, stacklevel=3)
+        listed.update(others)  # once per tensor
 
 
 def _is_pruned(module: nn.Module, name: str) -> bool:
@@ -179,13 +257,17 @@ def count_true(mask: torch.Tensor) -> int:
 
 def resolve_targets(
     model: nn.Module, params: Iterable[tuple[nn.Module, str]], *, caller: str = "prune"
-) -> list[Target]:
+) -> tuple[list[Target], list[int]]:
     """Turn ``(module, name)`` pairs into :class:`Target` s of ``model``, checking each one.
+
+    Returns the targets, one per tensor, and for each pair the index of its target:
+    the uses of a tied weight (pairs whose modules hold the same parameter) are one
+    target, under the first of them.
 
     Raises:
         PruningTypeError: ``model`` is not a module, or a pair is malformed.
         PruningError: no pairs, a module outside ``model``, a name that is not a
-            floating-point parameter of its module, or the same tensor listed twice.
+            floating-point parameter of its module, or the same pair listed twice.
     """
     if not isinstance(model, nn.Module):
         raise PruningTypeError(
@@ -202,7 +284,7 @@ def resolve_targets(
             f"{caller}: there are no parameters to prune. Pass (module, 'weight') pairs, "
             "e.g. synflow_plugin.prunable_parameters(model)."
         )
-    targets, seen = [], set()
+    targets, index, seen, target_of = [], [], set(), {}
     for pair in pairs:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise PruningTypeError(
@@ -219,9 +301,7 @@ def resolve_targets(
                 f"{caller}: a {type(module).__name__} module in the list is not part of the "
                 f"{type(model).__name__} passed as model=...; pass the network that contains it."
             )
-        tensor = module._parameters.get(f"{name}_orig") if _is_pruned(module, name) else (
-            module._parameters.get(name)
-        )
+        tensor = held_tensor(module, name)
         if tensor is None:
             available = ", ".join(n for n, _ in module.named_parameters(recurse=False)) or "none"
             raise PruningError(
@@ -234,13 +314,16 @@ def resolve_targets(
                 "floating-point parameters can be pruned."
             )
         key = (id(module), name)
-        if key in seen or id(tensor) in seen:
+        if key in seen:
             raise PruningError(
                 f"{caller}: '{names[id(module)]}.{name}' is listed twice; list each tensor once."
             )
-        seen.update((key, id(tensor)))
-        targets.append(Target(names[id(module)], name, tensor.shape))
-    return targets
+        seen.add(key)
+        if id(tensor) not in target_of:  # else a use of a tied weight listed already
+            target_of[id(tensor)] = len(targets)
+            targets.append(Target(names[id(module)], name, tensor.shape))
+        index.append(target_of[id(tensor)])
+    return targets, index
 
 
 def _has_grad_fn_attribute(module: nn.Module, name: str) -> bool:

@@ -57,12 +57,16 @@ def test_every_weight_of_a_family_is_listed_and_pruned_exactly(family, method):
         assert torch.equal(getattr(m, n), getattr(m, f"{n}_orig") * getattr(m, f"{n}_mask"))
 
 
-def test_tied_and_embedding_tables_are_listed_once_and_only_on_request():
+def test_a_tied_weight_is_listed_with_every_use_and_embeddings_only_on_request():
+    untied = nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 10))
+    assert names_of(untied, prunable_parameters(untied)) == {"1.weight"}
+    assert names_of(untied, prunable_parameters(untied, embeddings=True)) == {"0.weight", "1.weight"}
     emb = nn.Embedding(10, 6)
     model = nn.Sequential(emb, nn.Linear(6, 10))
-    model[1].weight = emb.weight  # tied output layer
-    assert names_of(model, prunable_parameters(model)) == {"1.weight"}
-    assert names_of(model, prunable_parameters(model, embeddings=True)) == {"0.weight"}
+    model[1].weight = emb.weight  # tied output layer: the table it shares is listed with it
+    assert [n for m, n in prunable_parameters(model)] == ["weight", "weight"]
+    assert names_of(model, prunable_parameters(model)) == {"0.weight", "1.weight"}
+    assert names_of(model, prunable_parameters(model, embeddings=True)) == {"0.weight", "1.weight"}
     assert names_of(model, prunable_parameters(model, (nn.Conv2d,))) == set()
     with pytest.raises(PruningError, match="types should be a sequence of nn.Module subclasses"):
         prunable_parameters(model, nn.Linear)
@@ -87,8 +91,12 @@ def test_gpt2_conv1d_blocks_are_listed_and_pruned():
         warnings.simplefilter("ignore", LayerCollapseWarning)
         prune.global_unstructured(params, pruning_method=SynFlow, amount=0.9, model=model,
                                   example_inputs=inputs, iterations=5)
-    total = sum(getattr(m, n).numel() for m, n in params)
-    assert sum(int(getattr(m, f"{n}_mask").sum()) for m, n in params) == total - round(0.9 * total)
+    # The tied lm_head and its embedding table are one tensor: counted once, masked alike.
+    assert torch.equal(model.lm_head.weight_mask, model.transformer.wte.weight_mask)
+    unique = list({id(getattr(m, f"{n}_orig")): (m, n) for m, n in params}.values())
+    assert len(unique) == len(params) - 1
+    total = sum(getattr(m, n).numel() for m, n in unique)
+    assert sum(int(getattr(m, f"{n}_mask").sum()) for m, n in unique) == total - round(0.9 * total)
     assert torch.isfinite(model(**inputs).logits).all()
 
 

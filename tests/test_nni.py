@@ -483,6 +483,15 @@ def test_the_plain_copy_shares_the_model_tensors_and_synflow_leaves_them():
     assert_same_state(before, model_state(model))
 
 
+def test_a_tied_weight_is_refused_before_nni_wraps_anything():
+    model = nn.Sequential(nn.Linear(8, 8, bias=False), nn.ReLU(), nn.Linear(8, 8, bias=False), nn.ReLU(), nn.Linear(8, 2))
+    model[2].weight = model[0].weight
+    with pytest.raises(PruningError, match=r"'0.weight' and '2.weight' are one tensor \(tied\).*Nothing was wrapped"):
+        SynFlowPruner(model, GLOBAL, dummy_input=torch.randn(1, 8))
+    assert not wrapped(model) and model[2].weight is model[0].weight
+    SynFlowPruner(model, [{**GLOBAL[0], "exclude_op_names": ["0", "2"]}], dummy_input=torch.randn(1, 8)).compress()
+
+
 def test_failure_inside_the_evaluator_restores_the_model():
     data = batches(3)
     model = small_vgg()

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from synflow_plugin import SNIP, PruningError, PruningTypeError, SynFlow, compute_masks, compute_scores
-from synflow_plugin import prunable_parameters
+from synflow_plugin import SNIP, Magnitude, PruningError, PruningTypeError, SynFlow, compute_masks, compute_scores
+from synflow_plugin import prunable_parameters, synflow_unstructured
+from synflow_plugin.targets import TiedWeightWarning
 from synflow_plugin.criteria.base import MAX_UNSIZED_BATCHES
 
 
@@ -258,14 +259,38 @@ class TiedLM(nn.Module):
         return self.decoder(torch.relu(self.hidden(self.encoder(x)))) + self.tied(x).sum()
 
 
-def test_a_tied_weight_is_listed_once_and_pruned_once():
+@pytest.mark.parametrize("method", [SNIP, SynFlow])
+def test_a_tied_weight_is_ranked_once_and_every_use_gets_its_mask(method, recwarn):
     model = TiedLM()
     params = prunable_parameters(model)
-    assert [type(m).__name__ for m, _ in params] == ["Linear"] * 3
-    assert params[0][0] is model.encoder and all(m is not model.tied for m, _ in params)
-    prune.global_unstructured(params, pruning_method=SNIP, amount=0.5, model=model,
-                              data=[(torch.randn(3, 4), torch.tensor([0, 1, 3]))])
-    assert sum(int((m.weight_mask == 0).sum()) for m, _ in params) == round(0.5 * (24 + 36 + 24))
+    assert [m for m, _ in params] == [model.encoder, model.hidden, model.decoder, model.tied]
+    x = torch.randn(3, 4)
+    kwargs = dict(data=[(x, torch.tensor([0, 1, 3]))]) if method is SNIP else dict(example_inputs=x)
+    prune.global_unstructured(params, pruning_method=method, amount=0.5, model=model, **kwargs)
+    assert not [w for w in recwarn if issubclass(w.category, TiedWeightWarning)]
+    assert torch.equal(model.encoder.weight_mask, model.tied.weight_mask)
+    assert model.encoder.weight_orig is model.tied.weight_orig
+    unique = [model.encoder, model.hidden, model.decoder]  # the tied tensor counts once
+    assert sum(int((m.weight_mask == 0).sum()) for m in unique) == round(0.5 * (24 + 36 + 24))
+    with torch.no_grad():
+        masked = model(x)
+        for m, n in params:
+            prune.remove(m, n)
+        assert torch.equal(model(x), masked)  # every use was masked: removing the masks changes nothing
+    # The core agrees: one mask per pair, the same for both uses.
+    fresh = TiedLM()
+    masks = compute_masks(fresh, prunable_parameters(fresh), "magnitude", 0.5)
+    assert len(masks) == 4 and torch.equal(masks[0], masks[3])
+
+
+def test_a_tied_weight_pruned_through_one_use_is_warned_about():
+    model = TiedLM()
+    with pytest.warns(TiedWeightWarning, match=r"'encoder.weight' is tied: 'tied.weight' reads the same tensor"):
+        prune.global_unstructured([(model.encoder, "weight"), (model.hidden, "weight")], pruning_method=Magnitude,
+                                  amount=0.5, model=model)
+    model = TiedLM()
+    with pytest.warns(TiedWeightWarning, match=r"'tied.weight' is tied: 'encoder.weight'"):
+        synflow_unstructured(model.tied, "weight", 0.5, model=model, example_inputs=torch.randn(1, 4))
 
 
 def test_scores_near_float64s_smallest_normal_are_warned_about():
@@ -298,3 +323,33 @@ def test_a_round_promoted_by_synflow_itself_still_prunes_its_count():
         masks = compute_masks(model, prunable_parameters(model), "synflow", 0.9, example_inputs=torch.randn(1, 64),
                               iterations=1)
     assert sum(int(m.sum()) for m in masks) == round(0.1 * 40 * 64 * 64)
+
+
+def test_reports_and_sanity_checks_treat_a_tied_weight_as_one_tensor():
+    from synflow_plugin.diagnostics import layer_report
+    from synflow_plugin.sanity import reinitialize_, shuffle_masks_
+
+    model = TiedLM()
+    params = prunable_parameters(model)
+    prune.global_unstructured(params, pruning_method=Magnitude, amount=0.5)
+    rows = layer_report(model)
+    assert [r.name for r in rows] == ["encoder.weight", "hidden.weight", "decoder.weight"]  # 'tied' is encoder's
+    assert sum(r.size for r in rows) == 24 + 36 + 24
+    shuffle_masks_(model, seed=0)
+    assert torch.equal(model.encoder.weight_mask, model.tied.weight_mask)
+    assert torch.equal(model.encoder.weight, model.tied.weight)
+    reinitialize_(model, seed=0)
+    assert model.encoder.weight_orig is model.tied.weight_orig
+    assert torch.equal(model.encoder.weight, model.tied.weight)
+
+
+def test_a_computed_weight_is_named_not_silently_left_out():
+    from torch.nn.utils import parametrizations
+
+    from synflow_plugin.targets import ComputedWeightWarning
+
+    model = nn.Sequential(parametrizations.weight_norm(nn.Linear(8, 16)), nn.ReLU(), nn.Linear(16, 4),
+                          nn.utils.spectral_norm(nn.Linear(4, 4)))
+    with pytest.warns(ComputedWeightWarning, match=r"'0.weight', '3.weight' are computed from other tensors"):
+        params = prunable_parameters(model)
+    assert params == [(model[2], "weight")]

@@ -44,7 +44,7 @@ from synflow_plugin.criteria import get_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.masking import check_amount, check_min_density, run_plan, scope_plan
 from synflow_plugin.session import ScoringRequest, ScoringSession
-from synflow_plugin.targets import current_mask
+from synflow_plugin.targets import current_mask, warn_unmasked_uses
 
 __all__ = [
     # any registered criterion
@@ -205,8 +205,9 @@ class PaIPruningMethod(prune.BasePruningMethod):
         # A criterion that does not run the network (magnitude, random) needs only the pruned layers.
         model = self._model if self._model is not None else nn.ModuleList(dict.fromkeys(m for m, _ in params))
         session = ScoringSession(model, params, self._request)
+        warn_unmasked_uses(model, params, type(self).__name__)
         self._model = self._request = None
-        return run_plan(session, scope_plan(session, self.amount, self.min_density))
+        return session.per_pair(run_plan(session, scope_plan(session, self.amount, self.min_density)))
 
     def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
         """The mask of the surviving entries ``t`` of the tensors given to ``global_unstructured``."""

@@ -24,6 +24,7 @@ from schema import SchemaError
 
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.plan import Group, Member, Plan
+from synflow_plugin.targets import tensor_uses
 
 __all__ = ["CONFIG_KEYS", "GRANULARITIES", "NNITensor", "build_plan", "check_config_list", "merge_aliases"]
 
@@ -271,6 +272,33 @@ def merge_aliases(model: nn.Module, config_list: list[dict], existed_wrappers: M
         stacklevel=4,
     )
     return merged
+
+
+def refuse_tied_targets(model: nn.Module, config_list: list[dict], caller: str) -> None:
+    """Refuse a configuration that selects a tied weight (a parameter other modules hold
+    too): NNI's wrappers copy each target (``TargetSpace._register_target``, and again
+    on unwrap), so the uses would come apart for good, and each would get a mask of its
+    own. NNI's own pruners do the same."""
+    uses = tensor_uses(model)
+    tied: dict[int, list[str]] = {}
+    for config in trans_legacy_config_list(copy.deepcopy(list(config_list))):
+        if not any(k in config for k in ("op_types", "op_names", "op_names_re")):
+            continue
+        for module in select_modules_by_config(model, config)[0].values():
+            for target in config.get("target_names", ("weight", "bias")):
+                tensor = module._parameters.get(target)
+                if isinstance(tensor, nn.Parameter) and len(uses.get(id(tensor), ())) > 1:
+                    tied[id(tensor)] = uses[id(tensor)]
+    if tied:
+        sets = "; ".join(" and ".join(map(repr, names)) for names in tied.values())
+        raise PruningError(
+            f"{caller}: {sets} {'are' if len(tied) == 1 else 'are each'} one tensor (tied). NNI's wrappers copy each pruned weight, so the tied uses "
+            "would come apart for good and get masks of their own (NNI's own pruners do the same). Exclude them "
+            "(exclude_op_names), or prune with torch.nn.utils.prune, which masks every use of a tied weight "
+            "alike: prune.global_unstructured(synflow_plugin.prunable_parameters(model), pruning_method=SynFlow, "
+            "...). "
+            "Nothing was wrapped."
+        )
 
 
 def check_config_list(model: nn.Module, config_list: Any, caller: str) -> None:

@@ -14,7 +14,7 @@ from nni.compression.pruning.tools.sparse_gen import _expand_masks, _generate_al
 from nni.compression.utils.evaluator import Evaluator
 from schema import SchemaError
 
-from synflow_plugin.adapters.nni.config import build_plan, check_config_list, merge_aliases
+from synflow_plugin.adapters.nni.config import build_plan, check_config_list, merge_aliases, refuse_tied_targets
 from synflow_plugin.adapters.nni.evaluator import collect_batches, plain_copy
 from synflow_plugin.adapters.nni.speedup import _CONV_TRANSPOSE, _check_mask_format, _live_output_channels
 from synflow_plugin.criteria import get_criterion
@@ -143,6 +143,7 @@ class PaIPruner(Pruner):
                 )
         check_config_list(model, config_list, caller)
         config_list = merge_aliases(model, config_list, existed_wrappers, caller)
+        refuse_tied_targets(model, config_list, caller)
 
         self.dummy_input = dummy_input
         self.num_batches = num_batches
