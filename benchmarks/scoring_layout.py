@@ -8,7 +8,8 @@ running statistics, an all-ones input of batch 1, the gradient of the summed out
 respect to the pruned weights) with the copy in torch's default layout and in
 channels-last, and in channels-last with the gradients then made contiguous (the layout
 the pruning loop's flat views need), beside each other in one process (CPU time,
-median of ``--repeats``).
+median of ``--repeats``; the page faults of each are printed: a pass that faults
+memory in is timing the allocator, not the layout).
 
 It also prints what the layout does to the scores: the default layout's scores are
 checked equal, bit for bit, to :func:`synflow_plugin.compute_scores`; the channels-last
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import resource
 import time
 
 import torch
@@ -73,22 +75,27 @@ def main() -> None:
         kept = [torch.cat([t.reshape(-1) for t in scores]).topk(round(1e-3 * sum(t.numel() for t in scores))).indices
                 for scores in (default, last)]
         moved = len(kept[0]) - len(set(kept[0].tolist()) & set(kept[1].tolist()))
-        channels_last = sum(g.dim() == 4 and not g.is_contiguous() for g in gradients)
+        channels_last, gradient_count = sum(g.dim() == 4 and not g.is_contiguous() for g in gradients), len(gradients)
+        # Nothing of the comparison stays alive while timing: freed and refaulted memory would be timed too.
+        del reference, default, last, gradients
         channels_last_run = passes[torch.channels_last][0]
         runs = {"default": passes[torch.contiguous_format][0], "channels-last": channels_last_run,
                 "made contiguous": lambda: [g.contiguous() for g in channels_last_run()]}
         times = {label: [] for label in runs}
+        faults = {label: 0 for label in runs}
         for _ in range(args.repeats):
             for label, run in runs.items():
-                start = time.process_time()
+                start, before = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 for _ in range(args.passes):
                     run()
                 times[label].append((time.process_time() - start) / args.passes)
+                faults[label] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
         default_time, last_time, contiguous_time = (sorted(t)[len(t) // 2] for t in times.values())
+        per_pass = "/".join(f"{f / (args.repeats * args.passes):.0f}" for f in faults.values())
         print(f"  {name:9s} default {default_time * 1e3:6.1f} ms, channels-last {last_time * 1e3:6.1f} ms: "
               f"ratio {last_time / default_time:.2f} ({contiguous_time / default_time:.2f} with the gradients made "
-              f"contiguous); scores differ by up to {difference:.1e} (relative), "
-              f"{channels_last} of {len(gradients)} gradients come back channels-last; a one-shot prune to 1e-3 "
+              f"contiguous; page faults a pass {per_pass}); scores differ by up to {difference:.1e} (relative), "
+              f"{channels_last} of {gradient_count} gradients come back channels-last; a one-shot prune to 1e-3 "
               f"keeps {moved} of {len(kept[0]):,} weights differently")
 
 

@@ -469,17 +469,25 @@ def test_data_driven_pruners_leave_weights_and_optimizer_state(pruner_cls):
     assert sum(pruned(m["weight"]) for m in masks.values()) == round(0.9 * total)
 
 
-def test_the_plain_copy_shares_the_model_tensors_and_synflow_leaves_them():
+@pytest.mark.parametrize("pruner_cls", [SynFlowPruner, MagnitudePruner, RandomPruner])
+def test_the_plain_copy_shares_the_model_tensors_and_scoring_never_writes_them(pruner_cls):
+    # (The data-driven pruners read their batches through the model and put it back
+    # before scoring: test_data_driven_pruners_leave_weights_and_optimizer_state.)
     from synflow_plugin.adapters.nni.evaluator import plain_copy
 
     model = small_vgg()
-    pruner = SynFlowPruner(model, GLOBAL, dummy_input=X, iterations=3)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    pruner = pruner_cls(model, GLOBAL, **({"dummy_input": X} if pruner_cls is SynFlowPruner else {}))
     plain = plain_copy(pruner.bound_model, pruner._module_wrappers)
     held = {t.data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    shared = list(itertools.chain(plain.parameters(), plain.buffers()))
     assert not wrapped(plain)
-    assert all(t.data_ptr() in held for t in itertools.chain(plain.parameters(), plain.buffers()))
-    before = model_state(model)
+    assert all(t.data_ptr() in held for t in shared)
+    versions, grads, before = [t._version for t in shared], [t.grad for t in shared], model_state(model)
     pruner.compress()  # SynFlow takes |θ| of its scoring copy in place: a copy of its own
+    assert [t._version for t in shared] == versions, "a tensor the plain copy shares was written in place"
+    assert all(t.grad is g for t, g in zip(shared, grads))
     assert_same_state(before, model_state(model))
 
 
