@@ -283,6 +283,13 @@ def scope_plan(session: ScoringSession, amount: int | float, min_density: float 
             )
         return Plan(units, [Group("global", members, budget)])
     if request.scope in ("local", "uniform"):
+        if isinstance(amount, int) and amount > min(survivors):
+            smallest = min(range(len(targets)), key=survivors.__getitem__)
+            raise PruningError(
+                f"{caller}: amount={amount} weights from each tensor (scope={request.scope!r}), but "
+                f"'{targets[smallest].qualified_name}' has only {survivors[smallest]} that can still be pruned. "
+                "Pass a fraction (amount=0.9), or an amount of at most that, or scope='global'."
+            )
         budgets = [num_to_prune(amount, n, caller) for n in survivors]
     else:
         total = sum(survivors)

@@ -308,6 +308,12 @@ def resolve_targets(
                 f"{caller}: '{names[id(module)]}' has no parameter named '{name}' "
                 f"(its parameters: {available})."
             )
+        if isinstance(tensor, nn.parameter.UninitializedParameter):
+            raise PruningError(
+                f"{caller}: '{names[id(module)]}.{name}' is not initialised yet (a lazy module, "
+                f"{type(module).__name__}, sizes it on its first forward pass). Run the model once on an "
+                "input, e.g. model(example_inputs), then prune."
+            )
         if not tensor.is_floating_point():
             raise PruningError(
                 f"{caller}: '{names[id(module)]}.{name}' has dtype {tensor.dtype}; only "

@@ -353,3 +353,24 @@ def test_a_computed_weight_is_named_not_silently_left_out():
     with pytest.warns(ComputedWeightWarning, match=r"'0.weight', '3.weight' are computed from other tensors"):
         params = prunable_parameters(model)
     assert params == [(model[2], "weight")]
+
+
+def test_bad_requests_get_errors_that_name_the_fix():
+    x, y = torch.randn(2, 8), torch.tensor([0, 1])
+    model = nn.Sequential(nn.Linear(8, 13), nn.ReLU(), nn.Linear(13, 7), nn.ReLU(), nn.Linear(7, 3))
+    params = prunable_parameters(model)
+    with pytest.raises(PruningError, match="does not depend on the model's output through autograd"):
+        compute_masks(model, params, "snip", 0.5, data=[(x, y)], loss_fn=lambda out, t: out.sum().detach())
+    with pytest.raises(PruningError, match=r"amount=100 weights from each tensor .*'4.weight' has only 21"):
+        compute_masks(model, params, "magnitude", 100, scope="local")
+    lazy = nn.Sequential(nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, 4))
+    with pytest.raises(PruningError, match=r"'0.weight' is not initialised yet .*LazyLinear.*Run the model once"):
+        compute_masks(lazy, prunable_parameters(lazy), "synflow", 0.5, example_inputs=x)
+    depthwise = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.ReLU(),
+                              nn.Flatten(), nn.Linear(128, 4))
+    inputs = torch.randn(1, 3, 8, 8)
+    with pytest.raises(PruningError, match="groups=8, which it cannot walk") as error:
+        compute_masks(depthwise, prunable_parameters(depthwise), "phew", 0.5, example_inputs=inputs)
+    advice = str(error.value).split("e.g. ", 1)[1].split(", or use", 1)[0]  # the list it suggests works
+    walkable = eval(advice, {"prunable_parameters": prunable_parameters, "model": depthwise, "nn": nn})
+    assert len(compute_masks(depthwise, walkable, "phew", 0.5, example_inputs=inputs)) == 2

@@ -189,6 +189,13 @@ class Inputs:
             raise PruningError(
                 f"loss_fn should return a scalar tensor, got {describe(loss)}; reduce it, e.g. with .mean()."
             )
+        if isinstance(logits, torch.Tensor) and logits.requires_grad and not loss.requires_grad:
+            raise PruningError(
+                f"loss_fn returned a loss that does not depend on the model's output through autograd "
+                f"({describe(loss)}, without a gradient: detached, or computed through .item(), numpy or "
+                "torch.no_grad()), so the scores would have no gradient. Compute it from the logits with torch "
+                "operations, e.g. loss_fn=lambda logits, targets: torch.nn.functional.mse_loss(logits, targets)."
+            )
         return loss.reshape(())
 
 

@@ -152,7 +152,8 @@ class PHEWCriterion(Criterion):
                 raise PruningError(
                     f"PHEW walks from unit to unit through linear and ungrouped convolution layers; "
                     f"'{target.qualified_name}' belongs to a {kind}, which it cannot walk. Leave it out "
-                    "of the pruned parameters (e.g. prunable_parameters(model, types=(nn.Linear, nn.Conv2d))) "
+                    "of the pruned parameters, e.g. [(m, n) for m, n in prunable_parameters(model) if "
+                    "isinstance(m, (nn.Linear, nn.Conv2d)) and n == 'weight' and getattr(m, 'groups', 1) == 1], "
                     "or use another data-free criterion (synflow, ntksap)."
                 )
         seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, ()))
