@@ -22,6 +22,11 @@ pruned model does. ``prune.remove`` makes the masks permanent.
 Existing masks are respected as prune's ``PruningContainer`` defines: ``amount`` is a
 fraction of the surviving weights, and a pruned weight never comes back.
 
+A tied weight (one parameter several modules hold) is masked module by module by
+prune, so every use must be listed (``prunable_parameters`` lists them all): the uses
+are ranked as one tensor, counted once, and each gets the same mask. A use left out
+would go on reading every weight; a ``TiedWeightWarning`` names it.
+
 Any registered criterion, a plugin's included, is a method through
 :func:`pruning_method`: ``prune.global_unstructured(params,
 pruning_method=pruning_method("mine"), amount=0.5, model=model)``. For the built-in
