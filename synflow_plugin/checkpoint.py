@@ -52,6 +52,8 @@ is changed.
 
 from __future__ import annotations
 
+import pickle
+
 import contextlib
 import importlib
 import inspect
@@ -419,8 +421,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     where = f"checkpoint '{path}'"
     if not path.is_file():
         raise PruningError(f"{where} does not exist")
+    if path.suffix == ".onnx":
+        raise PruningError(f"'{path}' is an ONNX file, not a checkpoint: pass the checkpoint it was exported "
+                           "from (written by `synflow-plugin prune` / `train` or save_checkpoint())")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's own text suggests weights_only=False, which would run what the file names: never.
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        raise PruningError(
+            f"cannot read {where}: it holds more than tensors and plain values"
+            + (f" (it names {named.group(1)})" if named else "")
+            + ". A checkpoint is data: this one is refused without importing or running anything it names. "
+            "It was not written by save_checkpoint() or `synflow-plugin prune` / `train`."
+        ) from None
     except Exception as exc:
         raise PruningError(f"cannot read {where}: {exc}") from exc
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
@@ -591,6 +605,8 @@ def example_inputs_for(model: nn.Module, spec: ModelSpec, batch: int = 1) -> tor
     shape = getattr(model, "input_shape", None) or spec.input_shape
     if shape is None:
         raise PruningError(
-            f"cannot tell the input shape of {spec.spec}: pass --input-shape, e.g. --input-shape 3,32,32"
+            f"cannot tell the input shape of {spec.spec}: the checkpoint records none and the model has no "
+            "input_shape attribute. Write the checkpoint with one (`synflow-plugin prune ... --input-shape "
+            "3,32,32`, or save_checkpoint(path, model, ModelSpec(..., input_shape=(3, 32, 32))))."
         )
     return torch.randn(batch, *shape)

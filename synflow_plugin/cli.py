@@ -926,6 +926,7 @@ def _cmd_export(parser, args) -> int:
 
 
 def _cmd_bench(parser, args) -> int:
+    from synflow_plugin.checkpoint import ModelSpec, example_inputs_for
     from synflow_plugin.export import benchmark_onnx
 
     _check_outputs(args, ("--json", args.json, "bench.json"))
@@ -941,13 +942,16 @@ def _cmd_bench(parser, args) -> int:
         shape = blob["model"].get("input_shape")
         if getattr(model, "input_shape", None) is None and shape:
             model.input_shape = tuple(shape)  # a user factory's model: benchmark_onnx sizes its input from this
+        if getattr(model, "input_shape", None) is None:  # benchmark_onnx would ask for example_inputs=
+            example_inputs_for(model, ModelSpec.from_dict(blob["model"], source=str(path)))
         models[path] = model
     entries: dict[str, Any] = {}
     for path in paths:
         key = next(k for k in (path.stem, path.name, str(path)) if k not in entries)
         entries[key] = str(path) if path.suffix == ".onnx" else models[path].eval()
     report = benchmark_onnx(entries, batch_sizes=args.batch_sizes, threads=args.ort_threads, warmup=args.warmup,
-                            repeat=args.repeat, json_path=args.json, progress=_progress(args), verbose=False)
+                            repeat=args.repeat, json_path=args.json, overwrite=args.overwrite,
+                            progress=_progress(args), verbose=False)
     print(report.table())
     return 0
 

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from synflow_plugin.errors import ExportError, PruningError, PruningTypeError
-from synflow_plugin.targets import clone_model
+from synflow_plugin.targets import clone_model, current_mask, held_tensors
 
 __all__ = ["make_permanent", "apply_masks", "has_pruning_hooks", "copy_model", "check_nni_unwrapped"]
 
@@ -165,6 +165,30 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Mapping[str, Any]], *, cal
     return model
 
 
+def check_tied_masks(model: nn.Module, caller: str) -> None:
+    """Refuse a tied weight (one parameter several modules read) whose uses carry
+    different ``torch.nn.utils.prune`` masks: baking a mask in writes it into the one
+    tensor, so every use would take it and the model would compute something else."""
+    uses: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    for qualname, module in model.named_modules():
+        for name, tensor in held_tensors(module):
+            uses.setdefault(id(tensor), []).append((f"{qualname}.{name}" if qualname else name, module, name))
+    for group in uses.values():
+        if len(group) < 2:
+            continue
+        masks = [current_mask(module, name) for _, module, name in group]
+        if all(torch.equal(masks[0], mask) for mask in masks[1:]):
+            continue
+        kept = ", ".join(f"{label!r} keeps {mask.float().mean().item():.1%}" for (label, _, _), mask in zip(group, masks))
+        raise PruningError(
+            f"{caller}: {' and '.join(repr(label) for label, _, _ in group)} are one tensor (tied) but masked "
+            f"differently ({kept}). Making the masks permanent writes them into that one tensor, so every use "
+            "would be pruned alike and the model would no longer compute what it computes now. Prune every use "
+            "with the same mask (prune.global_unstructured over prunable_parameters(model) does), or untie them "
+            "first (e.g. module.weight = nn.Parameter(module.weight.detach().clone()))."
+        )
+
+
 def make_permanent(
     model: nn.Module,
     *,
@@ -190,7 +214,8 @@ def make_permanent(
 
     Raises:
         PruningTypeError: ``model`` is not a module or ``masks`` is malformed.
-        PruningError: masks that do not fit the model, or an NNI-wrapped model.
+        PruningError: masks that do not fit the model, an NNI-wrapped model, or a tied
+            weight whose uses are masked differently.
 
     Example:
         >>> import torch, torch.nn as nn, torch.nn.utils.prune as prune
@@ -208,6 +233,7 @@ def make_permanent(
     if not isinstance(inplace, bool):
         raise PruningTypeError(f"{caller}: inplace should be True or False, got {inplace!r}")
     check_nni_unwrapped(model, caller)
+    check_tied_masks(model, caller)
     target = model if inplace else copy_model(model, caller)
     resolved = _resolve_masks(target, masks, caller) if masks is not None else []
     _remove_prune_hooks(target)

@@ -166,7 +166,7 @@ def prunable_parameters(
             "remove_parametrizations(module, 'weight'), or torch.nn.utils.remove_spectral_norm / "
             "remove_weight_norm), then list and prune the plain weight.",
             ComputedWeightWarning, stacklevel=2)
-    return [(module, name) for module in model.modules() for name, tensor in _held_tensors(module)
+    return [(module, name) for module in model.modules() for name, tensor in held_tensors(module)
             if id(tensor) in listed]
 
 
@@ -181,7 +181,7 @@ def held_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
     return module._parameters.get(f"{name}_orig") if _is_pruned(module, name) else module._parameters.get(name)
 
 
-def _held_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+def held_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """``(name, parameter)`` for every parameter ``module`` reads (pruned ones by their name)."""
     names = [n[: -len("_orig")] if n.endswith("_orig") and _is_pruned(module, n[: -len("_orig")]) else n
              for n, p in module._parameters.items() if p is not None]
@@ -193,7 +193,7 @@ def tensor_uses(model: nn.Module) -> dict[int, list[str]]:
     that reads each parameter (several for a tied weight), in module order."""
     uses: dict[int, list[str]] = {}
     for qualname, module in model.named_modules():
-        for name, tensor in _held_tensors(module):
+        for name, tensor in held_tensors(module):
             uses.setdefault(id(tensor), []).append(f"{qualname}.{name}" if qualname else name)
     return uses
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -167,6 +168,14 @@ def train_model(
         bar.set_postfix(loss=f"{train_loss:.3f}")
     accuracy, test_loss = evaluate(model, test_set)
     history[-1].update(test_accuracy=accuracy, test_loss=test_loss)
+    diverged = [name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
+    if diverged or not math.isfinite(train_loss):
+        warnings.warn(
+            f"train_model(): the training diverged (train loss {train_loss:.3g}"
+            + (f"; {', '.join(repr(n) for n in diverged[:5])}{', ...' if len(diverged) > 5 else ''} "
+               f"{'holds' if len(diverged) == 1 else 'hold'} NaN or infinite values" if diverged else "")
+            + f"): the accuracy {accuracy:.2%} is that of a broken model. Train again with a smaller lr "
+            f"(lr={lr:g}).", RuntimeWarning, stacklevel=2)
     return TrainResult(
         test_accuracy=accuracy, test_loss=test_loss, train_loss=train_loss,
         seconds=time.perf_counter() - start, history=history,

@@ -307,6 +307,21 @@ def test_not_a_checkpoint(content, message, tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+class _Opaque:
+    pass
+
+
+def test_a_file_holding_objects_is_refused_without_torchs_unsafe_advice(tmp_path):
+    path = tmp_path / "objects.pt"
+    torch.save({"format": "x", "thing": _Opaque()}, path)
+    with pytest.raises(PruningError, match=r"holds more than tensors .*_Opaque.*refused without importing") as error:
+        load_checkpoint(path)
+    assert "weights_only" not in str(error.value) and "add_safe_globals" not in str(error.value)
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07")
+    with pytest.raises(PruningError, match="is an ONNX file, not a checkpoint"):
+        load_checkpoint(tmp_path / "model.onnx")
+
+
 # --------------------------------------------------------------------------- writing
 def test_save_refuses_an_existing_file_unless_overwrite(tmp_path):
     path = tmp_path / "m.pt"

@@ -818,6 +818,13 @@ def test_benchmark_table_json_and_numbers(tmp_path, capsys):
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["settings"]["batch_sizes"] == [1, 2] and saved["settings"]["threads"] == 1
     assert [m["name"] for m in saved["models"]] == ["dense", "pruned"]
+    # An existing report is never replaced unasked: refused before any timing.
+    with pytest.raises(PruningError, match="bench.json' already exists; pass overwrite=True"):
+        benchmark_onnx(dense.path, batch_sizes=1, json_path=tmp_path / "bench.json", progress=False, verbose=False)
+    assert json.loads((tmp_path / "bench.json").read_text()) == saved
+    with pytest.raises(PruningError, match="already exists"):
+        report.save_json(tmp_path / "bench.json")
+    report.save_json(tmp_path / "bench.json", overwrite=True)
 
 
 def test_benchmark_a_module_directly(capsys):

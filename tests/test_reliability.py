@@ -374,3 +374,34 @@ def test_bad_requests_get_errors_that_name_the_fix():
     advice = str(error.value).split("e.g. ", 1)[1].split(", or use", 1)[0]  # the list it suggests works
     walkable = eval(advice, {"prunable_parameters": prunable_parameters, "model": depthwise, "nn": nn})
     assert len(compute_masks(depthwise, walkable, "phew", 0.5, example_inputs=inputs)) == 2
+
+
+def test_making_masks_permanent_refuses_a_tied_weight_masked_on_one_use_only():
+    from synflow_plugin.export import make_permanent
+
+    model = TiedLM()
+    prune.l1_unstructured(model.encoder, "weight", amount=0.9)  # torch's own: 'tied' keeps every weight
+    with pytest.raises(PruningError, match=r"'encoder.weight' and 'tied.weight' are one tensor \(tied\) but masked "
+                                           r"differently \('encoder.weight' keeps 8.3%, 'tied.weight' keeps 100.0%\)"):
+        make_permanent(model)
+    assert prune.is_pruned(model.encoder)  # nothing changed
+    prune.l1_unstructured(model.tied, "weight", amount=0.9)  # now both uses are masked alike
+    plain = make_permanent(model)
+    assert plain.encoder.weight is plain.tied.weight
+
+
+def test_a_diverged_training_is_said_and_its_json_stays_strict(tmp_path):
+    import json
+
+    from synflow_plugin._files import write_json_atomic
+    from synflow_plugin.train import train_model
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 8), torch.randint(0, 3, (32,)))
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    with pytest.warns(RuntimeWarning, match=r"the training diverged .*'0.weight'.*smaller lr \(lr=1e\+30\)"):
+        result = train_model(model, data, data, epochs=3, lr=1e30, progress=False)
+    write_json_atomic(tmp_path / "history.json", {"history": result.history, "inf": float("inf")})
+    saved = json.loads((tmp_path / "history.json").read_text(),
+                       parse_constant=lambda token: pytest.fail(f"non-JSON token {token}"))
+    assert saved["inf"] is None

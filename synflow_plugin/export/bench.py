@@ -26,7 +26,6 @@ pruning + compaction) cuts both.
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import platform
 import tempfile
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from synflow_plugin._files import write_json_atomic
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.export._common import (
     ExportError,
@@ -272,10 +272,14 @@ class BenchmarkReport:
     def to_dict(self) -> dict[str, Any]:
         return {"environment": self.environment, "settings": self.settings, "models": self.models}
 
-    def save_json(self, path: str | os.PathLike) -> Path:
-        path = check_path(path, "BenchmarkReport.save_json()", must_exist=False)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+    def save_json(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the report as JSON (atomically); an existing file only with ``overwrite=True``."""
+        caller = "BenchmarkReport.save_json()"
+        path = check_path(path, caller, must_exist=False)
+        _refuse_existing(path, overwrite, caller)
+        write_json_atomic(path, self.to_dict())
         return path
+
 
     def table(self) -> str:
         def num(x, fmt):
@@ -418,6 +422,12 @@ def _make_inputs(specs, batch: int, rng: np.random.Generator):
     return feed
 
 
+def _refuse_existing(path: Path, overwrite: bool, caller: str) -> None:
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise PruningError(f"{caller}: '{path}' already exists; pass overwrite=True to replace it, or choose "
+                           "another path.")
+
+
 # --------------------------------------------------------------------------- benchmark
 def benchmark_onnx(
     paths_or_models: Any,
@@ -429,6 +439,7 @@ def benchmark_onnx(
     baseline: int | str = 0,
     example_inputs: Any = None,
     json_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
     progress: bool | None = None,
     verbose: bool = True,
     seed: int = 0,
@@ -447,7 +458,8 @@ def benchmark_onnx(
         repeat: timed runs per model and batch size, interleaved across models.
         baseline: index or name of the dense model that speed-ups are relative to.
         example_inputs: inputs for ``nn.Module`` entries (zoo models need none).
-        json_path: also write the report there as JSON.
+        json_path: also write the report there as JSON (refused, before any work, if the
+            file exists, unless ``overwrite=True``).
         progress: tqdm progress bar (``None``: only on a terminal).
         verbose: print the table.
         seed: seed of the random inputs.
@@ -474,6 +486,7 @@ def benchmark_onnx(
             raise PruningError(f"{caller}: {name}={value!r} should be an int >= {low}")
     if json_path is not None:
         json_path = check_path(json_path, caller, must_exist=False)
+        _refuse_existing(json_path, overwrite, caller)
 
     raw_entries = _entries(paths_or_models, caller)
     # check every file exists before any (slow) export
@@ -585,7 +598,7 @@ def benchmark_onnx(
         },
     )
     if json_path is not None:
-        report.save_json(json_path)
+        report.save_json(json_path, overwrite=overwrite)
     if verbose:
         print(report.table())
     return report
