@@ -526,6 +526,21 @@ def _check_outputs(args, *outputs: tuple[str, Any, str]) -> None:
         seen[key] = flag
 
 
+def _check_plot_path(path: Path) -> None:
+    """Refuse, before any work, a --plot file matplotlib cannot write: a format it does not
+    know, or a folder that does not exist."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise PruningError("argument --plot: needs matplotlib (pip install matplotlib)") from exc
+    formats = Figure().canvas.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise PruningError(f"argument --plot: '{path}' has no image extension matplotlib writes; use one of "
+                           f"{', '.join('.' + f for f in sorted(formats))}, e.g. 'collapse.png'")
+    if not path.parent.is_dir():
+        raise PruningError(f"argument --plot: the folder '{path.parent}' does not exist; create it first")
+
+
 def _load_checkpoints(paths: Sequence[Path], factories: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
     """``load_checkpoint`` for each path, with the ``--factory`` its file names (if given).
 
@@ -795,6 +810,8 @@ def _cmd_collapse(parser, args) -> int:
         parser.error(f"argument --criteria: invalid choice: {', '.join(bad) or repr(args.criteria)} "
                      f"(choose from {', '.join(list_criteria())})")
     _check_outputs(args, ("--json", args.json, "collapse.json"), ("--plot", args.plot, "collapse.png"))
+    if args.plot:
+        _check_plot_path(Path(args.plot))
     capabilities = {name: criterion_class(name) for name in names}
     training = [name for name, caps in capabilities.items() if getattr(caps, "needs_training", False)]
     if training:
@@ -892,6 +909,14 @@ def _cmd_train(parser, args) -> int:
         if args.reinit:
             sanity.reinitialize_(model, seed=args.seed + 1)
     train, test = load_dataset(args.dataset, root=args.data_root)
+    with torch.no_grad():  # one sample through the model: its number of outputs
+        training_mode = model.training
+        outputs = model.eval()(train[0][0].unsqueeze(0)).shape[-1]
+        model.train(training_mode)
+    if outputs != info.num_classes:
+        raise PruningError(f"the model has {outputs} outputs but {args.dataset} has {info.num_classes} classes; "
+                           f"prune it for this data set (synflow-plugin prune ... --dataset {args.dataset}, or "
+                           f"--num-classes {info.num_classes})")
     result = train_model(model, train, test, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          optimizer=args.optimizer, weight_decay=args.weight_decay, seed=args.seed,
                          progress=_progress(args), desc=f"train {spec.spec}")

@@ -84,6 +84,8 @@ def test_parse_compression(text, value):
     (["prune", "conv", "-c", "synflow", "--compression", "10", "--model-option", "depth=1", "-o", "x.pt"],
      "depth"),
     (["collapse", "conv", "--criteria", "synflow,snap"], "argument --criteria: invalid choice: snap (choose from random"),
+    (["collapse", "conv", "--plot", "x.xyz"], "argument --plot: 'x.xyz' has no image extension matplotlib writes"),
+    (["collapse", "conv", "--plot", "nodir/x.png"], "argument --plot: the folder 'nodir' does not exist"),
     (["train", "vgg17", "--dataset", "digits"], "is neither a file nor a zoo model (choose from vgg11"),
     (["train", "conv", "--dataset", "svhn"], "argument --dataset: invalid choice: 'svhn' (choose from 'cifar10'"),
     (["demo", "--skip", "everything"], "argument --skip: invalid choice: 'everything' (choose from 'collapse'"),
@@ -544,3 +546,13 @@ def test_threads_are_the_callers_again_after_an_in_process_command(capsys):
     threads = torch.get_num_threads()
     assert main(["list", "--threads", "1" if threads != 1 else "2"]) == 0
     assert torch.get_num_threads() == threads
+
+
+def test_train_refuses_a_model_whose_outputs_are_not_the_data_sets_classes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["prune", "conv", "--input-shape", "1,8,8", "--num-classes", "3", "-c", "magnitude",
+                 "--amount", "0.5", "-o", "c3.pt", "--no-progress"]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "c3.pt", "--dataset", "digits", "--epochs", "1", "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "the model has 3 outputs but digits has 10 classes" in capsys.readouterr().err
