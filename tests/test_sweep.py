@@ -233,6 +233,24 @@ def test_a_rerun_does_no_work_and_a_lost_record_alone_runs_again(local_sweep, tm
     assert _without_times([third.records[3]]) == _without_times([lost])
 
 
+@pytest.mark.parametrize("damage, words", [
+    (lambda p: p["records"][0].pop("criterion"), "has no criterion"),
+    (lambda p: p["records"][0].update(accuracy=None), "is ok but has accuracy None"),
+    (lambda p: p["records"][0].update(accuracy=5.0), "is ok but has accuracy 5.0"),
+    (lambda p: p["records"][0].update(compression=1000.0), "says criterion .*compression 1000.0"),
+    (lambda p: p.update(grid="oops"), "'grid' should be a mapping"),
+])
+def test_a_damaged_results_file_is_refused_naming_the_damage(local_sweep, tmp_path, damage, words):
+    source, _ = local_sweep
+    out = tmp_path / "copy"
+    shutil.copytree(source, out)
+    payload = _read(out)
+    damage(payload)
+    (out / sweep.RESULTS_FILE).write_text(json.dumps(payload))
+    with pytest.raises(PruningError, match=f"is damaged: .*{words}.*rerun with --overwrite"):
+        run_sweep(Grid(**TINY), out, progress=False, plot=False)
+
+
 def test_more_seeds_resume_but_other_settings_are_refused(local_sweep, tmp_path):
     source, first = local_sweep
     out = tmp_path / "copy"
