@@ -788,6 +788,9 @@ def test_count_macs_by_hand(tmp_path):
     dense, effective = count_macs(onnx.load(str(result.path)))
     assert dense == 16 * 18 + 32 * 3  # 16 positions x 18 weights, then 32 x 3
     assert effective == 16 * 17 + 28 * 3
+    # A file exported at a fixed batch of 4 is counted per sample too.
+    static = export_onnx(model, torch.randn(4, 1, 4, 4), tmp_path / "static.onnx", compact=False, dynamic_batch=False)
+    assert count_macs(onnx.load(str(static.path))) == (dense, effective)
 
 
 def test_benchmark_table_json_and_numbers(tmp_path, capsys):

@@ -112,8 +112,8 @@ def count_macs(model_proto) -> tuple[int, int]:
 
     Shapes come from ONNX shape inference; where it cannot size a node (a Reshape to a
     computed shape) ONNX Runtime runs the graph once on one zero sample to measure
-    them. Elementwise work, softmax and bias additions are not counted.
-    ``model_proto`` is not changed.
+    them. Elementwise work, softmax and bias additions are not counted. A file exported
+    at a fixed batch size is counted per sample too. ``model_proto`` is not changed.
     """
     import onnx
     from onnx import numpy_helper
@@ -123,7 +123,7 @@ def count_macs(model_proto) -> tuple[int, int]:
     densify_sparse_initializers(model)
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
-    batch_params = set()
+    batch_params, static_batch = set(), 1
     for value in graph.input:
         if value.name in initializers:
             continue
@@ -132,6 +132,8 @@ def count_macs(model_proto) -> tuple[int, int]:
             if dims[0].dim_param:
                 batch_params.add(dims[0].dim_param)
             dims[0].dim_value = 1
+        elif len(dims) and static_batch == 1:
+            static_batch = max(1, dims[0].dim_value)  # a file exported at a fixed batch: counted per sample
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - shapes missing below are measured by a run
@@ -205,6 +207,8 @@ def count_macs(model_proto) -> tuple[int, int]:
                     f"count_macs(): cannot size {node.op_type} node '{node.name}': shapes are not static."
                 )
             macs = int(np.prod(out)) * int(k)
+            if out and out[0] == static_batch:  # the batch is in this product (a Conv's positions exclude it)
+                macs //= static_batch
             dense += macs
             # every element of a constant operand is used equally often, so its zeros
             # remove the same share of the MACs
