@@ -1270,17 +1270,27 @@ def render_demo(out: str | os.PathLike = "runs/demo") -> dict[str, Any]:
     (nothing is re-measured).
 
     Raises:
-        PruningError: ``out`` holds no ``results.json``.
+        PruningError: ``out`` holds no ``results.json``, or one that is not a finished demo's.
     """
     out = Path(out)
     path = out / "results.json"
     if not path.is_file():
         raise PruningError(f"{str(path)!r} does not exist; run `synflow-plugin demo --out {out}` first")
-    results = json.loads(path.read_text())
+    damaged = (f"{str(path)!r} is not the results file of a finished demo ({{}}); rerun "
+               f"`synflow-plugin demo --out {out}` to write it again")
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PruningError(damaged.format(f"not JSON: {exc}")) from None
+    if not isinstance(results, dict) or not isinstance(results.get("settings"), dict):
+        raise PruningError(damaged.format("it has no 'settings' mapping"))
     fields = {f.name for f in dataclasses.fields(DemoSettings)}
-    settings = DemoSettings(**{k: tuple(v) if isinstance(v, list) else v
-                               for k, v in results["settings"].items() if k in fields})
-    _render(out, results, settings)
+    try:
+        settings = DemoSettings(**{k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in results["settings"].items() if k in fields})
+        _render(out, results, settings)
+    except (KeyError, TypeError, IndexError) as exc:  # a field missing or of another type
+        raise PruningError(damaged.format(f"{type(exc).__name__}: {exc}")) from exc
     return results
 
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from synflow_plugin import demo
+from synflow_plugin import PruningError, demo
 from synflow_plugin.demo import EXPERIMENTS, run_demo, settings_for
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -86,3 +86,15 @@ def test_the_report_is_redrawn_from_results_json(tickets):
     demo.render_demo(out)
     assert (out / "report.md").read_text() == report
     assert (out / "tickets.png").read_bytes()[:8] == PNG
+
+
+@pytest.mark.parametrize("content, words", [
+    ('{"x": 1}', "it has no 'settings' mapping"),
+    ("[1, 2]", "it has no 'settings' mapping"),
+    ("{", "not JSON"),
+    ('{"settings": {}}', "TypeError"),
+])
+def test_a_foreign_results_file_is_refused_not_rendered(tmp_path, content, words):
+    (tmp_path / "results.json").write_text(content)
+    with pytest.raises(PruningError, match=f"is not the results file of a finished demo .*{words}"):
+        demo.render_demo(tmp_path)
