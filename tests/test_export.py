@@ -849,3 +849,24 @@ def test_benchmark_missing_and_corrupt_files(tmp_path):
         benchmark_onnx(bad, batch_sizes=(0,), progress=False)
     with pytest.raises(PruningTypeError, match="each model should be"):
         benchmark_onnx([42], progress=False)
+
+
+def test_count_macs_sees_the_zeros_of_a_weight_read_through_a_transpose(tmp_path):
+    class TiedLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            # at this size the exporter reads the tied table through a Transpose (asserted below)
+            self.emb, self.out = nn.Embedding(500, 64), nn.Linear(64, 500, bias=False)
+            self.out.weight = self.emb.weight  # the exporter feeds the MatMul a Transpose of the table
+
+        def forward(self, tokens):
+            return self.out(torch.relu(self.emb(tokens)))
+
+    model = TiedLM().eval()
+    with torch.no_grad():
+        model.emb.weight[:400] = 0  # 80% of the shared table
+    result = export_onnx(model, torch.randint(0, 500, (1, 4)), tmp_path / "tied.onnx", compact=False)
+    graph = onnx.load(str(result.path)).graph
+    assert any(n.op_type == "Transpose" for n in graph.node)
+    dense, effective = count_macs(onnx.load(str(result.path)))
+    assert dense == 4 * 500 * 64 and effective == dense // 5

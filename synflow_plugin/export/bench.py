@@ -162,8 +162,13 @@ def count_macs(model_proto) -> tuple[int, int]:
             ) from exc
 
     cache: dict[str, tuple[int, int]] = {}
+    # A weight the graph reads through a Transpose (a layer tied to an embedding's table) is
+    # still a constant operand, with the same zeros.
+    transposed = {n.output[0]: n.input[0] for n in model.graph.node
+                  if n.op_type in ("Transpose", "Identity") and n.input and n.input[0] in initializers}
 
     def weight_counts(name: str) -> tuple[int, int] | None:
+        name = transposed.get(name, name)
         if name not in initializers:
             return None
         if name not in cache:
