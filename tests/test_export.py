@@ -835,6 +835,7 @@ def test_benchmark_a_module_directly(capsys):
     report = benchmark_onnx(model, batch_sizes=1, warmup=0, repeat=2, progress=False, verbose=False)
     (row,) = report.models
     assert row["name"] == "MLP" and row["max_rel_diff"] <= 1e-4 and row["path"] is None
+    assert report.settings["warmup"] == 1  # warmup=0 still makes the run that checks the outputs: counted
     assert capsys.readouterr().out == ""
 
 

@@ -463,7 +463,8 @@ def benchmark_onnx(
         batch_sizes: batch sizes to time (models with a fixed batch size run only theirs).
         threads: ONNX Runtime intra-op threads; ``None`` = 1 (the most reproducible on a
             shared machine). Every session gets the same value.
-        warmup: untimed runs per model and batch size.
+        warmup: untimed runs per model and batch size (at least one is made: the first
+            run also checks the outputs, and the report counts it).
         repeat: timed runs per model and batch size, interleaved across models.
         baseline: index or name of the dense model that speed-ups are relative to.
         example_inputs: inputs for ``nn.Module`` entries (zoo models need none).
@@ -554,6 +555,7 @@ def benchmark_onnx(
             models.append({"name": entry.name, "path": str(entry.path), **stats,
                            "max_abs_diff": None, "max_rel_diff": None, "latency": {}})
 
+        warmup = max(warmup, 1)  # the first run checks the outputs
         total = len(batch_sizes) * len(entries) * (warmup + repeat)
         with tqdm(total=total, desc="benchmark_onnx", unit="run", disable=(None if progress is None else not progress)) as bar:
             for batch in batch_sizes:
@@ -563,7 +565,7 @@ def benchmark_onnx(
                     if feed is None:
                         continue
                     outputs = _run(session, feed, entries[i], batch, caller)
-                    for _ in range(max(warmup - 1, 0)):
+                    for _ in range(warmup - 1):
                         session.run(None, feed)
                     if references[i] is not None:
                         _parity(models[i], references[i], feed, outputs, caller)
