@@ -430,6 +430,10 @@ def _spec_and_data(parser, args, criteria_need_data: bool):
         _import_named_module(args.model)
     num_classes = args.num_classes or (info.num_classes if info else None)
     input_shape = args.input_shape or (info.input_shape if info else None)
+    if info is not None and criteria_need_data and args.num_classes and args.num_classes != info.num_classes:
+        parser.error(f"argument --num-classes: {args.num_classes} classes, but the criterion scores on "
+                     f"{args.dataset}, which has {info.num_classes}; drop --num-classes (it is taken from "
+                     "--dataset) or give that number")
     spec = ModelSpec(args.model.strip().lower() if is_zoo else args.model, dict(args.model_option),
                      num_classes if is_zoo else args.num_classes, input_shape)
     if info is not None and info.needs_root and not args.data_root:

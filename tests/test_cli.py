@@ -84,6 +84,8 @@ def test_parse_compression(text, value):
     (["prune", "conv", "-c", "synflow", "--compression", "10", "--model-option", "depth=1", "-o", "x.pt"],
      "depth"),
     (["collapse", "conv", "--criteria", "synflow,snap"], "argument --criteria: invalid choice: snap (choose from random"),
+    (["prune", "conv", "--dataset", "digits", "-c", "snip", "--amount", "0.5", "--num-classes", "3", "-o", "x.pt"],
+     "argument --num-classes: 3 classes, but the criterion scores on digits, which has 10"),
     (["collapse", "conv", "--plot", "x.xyz"], "argument --plot: 'x.xyz' has no image extension matplotlib writes"),
     (["collapse", "conv", "--plot", "nodir/x.png"], "argument --plot: the folder 'nodir' does not exist"),
     (["train", "vgg17", "--dataset", "digits"], "is neither a file nor a zoo model (choose from vgg11"),
