@@ -229,8 +229,14 @@ class ScoringSession:
 
     def per_pair(self, values: list) -> list:
         """One value per target (scores, masks) as one per pair of ``params``: the uses
-        of a tied weight share their target's."""
-        return [values[t] for t in self.uses]
+        of a tied weight get their target's (a copy each after the first, so that no two
+        entries are one tensor)."""
+        out, seen = [], set()
+        for t in self.uses:
+            value = values[t]
+            out.append(value.clone() if t in seen and isinstance(value, torch.Tensor) else value)
+            seen.add(t)
+        return out
 
     def _live_state(self) -> ScoringState:
         if self.state is None:

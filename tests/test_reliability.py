@@ -280,7 +280,7 @@ def test_a_tied_weight_is_ranked_once_and_every_use_gets_its_mask(method, recwar
     # The core agrees: one mask per pair, the same for both uses.
     fresh = TiedLM()
     masks = compute_masks(fresh, prunable_parameters(fresh), "magnitude", 0.5)
-    assert len(masks) == 4 and torch.equal(masks[0], masks[3])
+    assert len(masks) == 4 and torch.equal(masks[0], masks[3]) and masks[0] is not masks[3]
 
 
 def test_a_tied_weight_pruned_through_one_use_is_warned_about():
