@@ -81,10 +81,11 @@ def layer_report(model: nn.Module, params: Iterable[tuple[nn.Module, str]] | Non
         if not isinstance(tensor, torch.Tensor):
             raise PruningError(f"layer_report(): {type(module).__name__} has no tensor named '{name}'")
         # A tied weight's uses are one tensor: one row, unless they are masked differently.
-        held = id(held_tensor(module, name))
-        if held in reported and torch.equal(reported[held], tensor != 0):
-            continue
-        reported.setdefault(held, tensor != 0)
+        held = held_tensor(module, name)
+        if held is not None:  # (None: a computed weight, one row each)
+            if id(held) in reported and torch.equal(reported[id(held)], tensor != 0):
+                continue
+            reported.setdefault(id(held), tensor != 0)
         qualname = names.get(id(module), type(module).__name__)
         rows.append(LayerStats(
             name=f"{qualname}.{name}" if qualname else name,
@@ -194,12 +195,16 @@ def critical_compression(
             masks = compute_masks(model, params, criterion, amount=1.0 - density, progress=False,
                                   caller="critical_compression()", **prune_kwargs)
         names = {id(m): n for n, m in model.named_modules()}
-        per_layer = {f"{names[id(m)]}.{n}": float(mask.float().mean()) for (m, n), mask in zip(params, masks)}
+        first = {}  # a tied weight's uses share one mask: the tensor counts once, under its first use
+        for (m, n), mask in zip(params, masks):
+            first.setdefault(id(held_tensor(m, n)), (f"{names[id(m)]}.{n}" if names[id(m)] else n, mask))
+        per_layer = {name: float(mask.float().mean()) for name, mask in first.values()}
         collapsed = [name for name, d in per_layer.items() if d == 0.0]
-        total = sum(int(mask.sum()) for mask in masks)
+        unique = [mask for _, mask in first.values()]
         result.points.append({
             "exponent": exponent, "compression": 10.0 ** exponent,
-            "density": total / sum(mask.numel() for mask in masks), "collapsed": collapsed,
+            "density": sum(int(mask.sum()) for mask in unique) / sum(mask.numel() for mask in unique),
+            "collapsed": collapsed,
         })
         result.densities.append(per_layer)
         clean_so_far = clean_so_far and not collapsed

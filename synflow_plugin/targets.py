@@ -284,7 +284,7 @@ def resolve_targets(
             f"{caller}: there are no parameters to prune. Pass (module, 'weight') pairs, "
             "e.g. synflow_plugin.prunable_parameters(model)."
         )
-    targets, index, seen, target_of = [], [], set(), {}
+    targets, index, seen, target_of, outside = [], [], set(), {}, []
     for pair in pairs:
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise PruningTypeError(
@@ -296,11 +296,10 @@ def resolve_targets(
                 f"{caller}: each entry should be a (torch.nn.Module, str) pair, got "
                 f"({type(module).__name__}, {type(name).__name__})"
             )
-        if id(module) not in names:
-            raise PruningError(
-                f"{caller}: a {type(module).__name__} module in the list is not part of the "
-                f"{type(model).__name__} passed as model=...; pass the network that contains it."
-            )
+        if id(module) not in names:  # a use of a tied weight outside a view of the model, or a mistake
+            outside.append((len(index), module))
+            index.append(None)
+            continue
         tensor = held_tensor(module, name)
         if tensor is None:
             available = ", ".join(n for n, _ in module.named_parameters(recurse=False)) or "none"
@@ -329,6 +328,14 @@ def resolve_targets(
             target_of[id(tensor)] = len(targets)
             targets.append(Target(names[id(module)], name, tensor.shape))
         index.append(target_of[id(tensor)])
+    for position, module in outside:
+        tensor = held_tensor(module, pairs[position][1])
+        if tensor is None or id(tensor) not in target_of:
+            raise PruningError(
+                f"{caller}: a {type(module).__name__} module in the list is not part of the "
+                f"{type(model).__name__} passed as model=...; pass the network that contains it."
+            )
+        index[position] = target_of[id(tensor)]  # e.g. an embedding a view replaced, tied to a listed layer
     return targets, index
 
 
@@ -381,9 +388,12 @@ def scoring_copy(model: nn.Module) -> nn.Module:
 
     Pruned tensors (``weight_orig`` * ``weight_mask``) become ordinary parameters
     holding the masked values, and every hook is removed so that scoring neither
-    re-applies masks behind our back nor triggers the user's logging hooks.
+    re-applies masks behind our back nor triggers the user's logging hooks. A tied
+    weight stays one parameter: every module that reads it reads the rebuilt one,
+    masked by what all its masked uses keep.
     """
     clone = _deepcopy_pruned(model)  # the pruned tensors are rebuilt below, without hooks
+    rebuilt: dict[int, tuple[torch.Tensor, nn.Parameter]] = {}  # id(orig) -> (orig, the parameter for it)
     with torch.no_grad():
         for module in clone.modules():
             for hook_dict in (
@@ -402,9 +412,18 @@ def scoring_copy(model: nn.Module) -> nn.Module:
                 orig = module._parameters.pop(f"{name}_orig")
                 mask = module._buffers.pop(f"{name}_mask")
                 module.__dict__.pop(name, None)
-                module.register_parameter(
-                    name, nn.Parameter(orig * mask.to(orig.dtype), orig.requires_grad)
-                )
+                if id(orig) in rebuilt:  # another masked use of a tied weight
+                    param = rebuilt[id(orig)][1]
+                    param.mul_(mask.to(orig.dtype))
+                else:
+                    param = nn.Parameter(orig * mask.to(orig.dtype), orig.requires_grad)
+                    rebuilt[id(orig)] = (orig, param)
+                module.register_parameter(name, param)
+        if rebuilt:  # the unmasked uses of a tied weight read the rebuilt parameter too
+            for module in clone.modules():
+                for name, tensor in list(module._parameters.items()):
+                    if tensor is not None and id(tensor) in rebuilt and rebuilt[id(tensor)][0] is tensor:
+                        module._parameters[name] = rebuilt[id(tensor)][1]
     return clone
 
 
@@ -417,6 +436,9 @@ def embeddings_as_inputs(model: nn.Module, *names: str) -> nn.Module:
     modules ``names`` (qualified names, e.g. ``"embed"``) by ``nn.Identity``, so the
     model's own ``forward`` runs on ``(batch, time, dim)`` embeddings. Prune with the
     view as ``model=``; the masks land on the shared layers, i.e. on ``model`` itself.
+    List the pruned pairs from ``model`` (``prunable_parameters(model)``): an output
+    layer tied to a replaced embedding then gives its mask to the embedding too, which
+    the view cannot see.
 
     Raises:
         PruningError: a name that is not an ``nn.Embedding`` / ``nn.EmbeddingBag`` of ``model``.

@@ -405,3 +405,60 @@ def test_a_diverged_training_is_said_and_its_json_stays_strict(tmp_path):
     saved = json.loads((tmp_path / "history.json").read_text(),
                        parse_constant=lambda token: pytest.fail(f"non-JSON token {token}"))
     assert saved["inf"] is None
+
+
+def test_a_tied_weight_masked_before_stays_one_tensor_in_the_scoring_copy():
+    from synflow_plugin.export import make_permanent
+    from synflow_plugin.targets import scoring_copy
+
+    x = torch.randn(1, 4)
+    model = TiedLM()
+    prune.global_unstructured(prunable_parameters(model), pruning_method=SynFlow, amount=0.5, model=model,
+                              example_inputs=x)
+    copy = scoring_copy(model)
+    assert copy.encoder.weight is copy.tied.weight
+    # The second round's scores are those of the same network with its masks baked in.
+    baked = make_permanent(model)
+    again = compute_scores(model, prunable_parameters(model), "synflow", example_inputs=x)
+    assert all(torch.equal(a, b) for a, b in zip(again, compute_scores(baked, prunable_parameters(baked), "synflow",
+                                                                         example_inputs=x)))
+    # One use masked (torch's own method), the other not: the copy reads one tensor, masked.
+    model = TiedLM()
+    prune.l1_unstructured(model.encoder, "weight", amount=0.5)
+    copy = scoring_copy(model)
+    assert copy.encoder.weight is copy.tied.weight and int((copy.tied.weight == 0).sum()) == 12
+
+
+def test_a_tied_embedding_a_view_replaces_gets_the_mask_of_its_output_layer():
+    from synflow_plugin import embeddings_as_inputs
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.hid, self.out = nn.Embedding(10, 4), nn.Linear(4, 4), nn.Linear(4, 10, bias=False)
+            self.out.weight = self.embed.weight
+
+        def forward(self, tokens):
+            return self.out(torch.relu(self.hid(self.embed(tokens))))
+
+    lm = LM()
+    params = prunable_parameters(lm)
+    prune.global_unstructured(params, pruning_method=SynFlow, amount=0.5, model=embeddings_as_inputs(lm, "embed"),
+                              example_inputs=torch.randn(1, 3, 4))
+    assert torch.equal(lm.embed.weight_mask, lm.out.weight_mask)
+    with pytest.raises(PruningError, match="a Linear module in the list is not part of"):
+        compute_masks(lm.hid, [(lm.out, "weight")], "magnitude", 0.5)
+
+
+def test_collapse_sweeps_and_reports_count_a_tied_weight_once_and_computed_weights_each():
+    from torch.nn.utils import parametrizations
+
+    from synflow_plugin.diagnostics import critical_compression, layer_report
+
+    result = critical_compression(TiedLM, "magnitude", max_exponent=0.5, step=0.5, progress=False)
+    assert list(result.densities[-1]) == ["encoder.weight", "hidden.weight", "decoder.weight"]
+    assert result.points[-1]["density"] == (84 - round((1 - 10 ** -0.5) * 84)) / 84
+    model = nn.Sequential(parametrizations.weight_norm(nn.Linear(4, 4)), nn.ReLU(),
+                          parametrizations.weight_norm(nn.Linear(4, 4)))
+    assert [r.name for r in layer_report(model, [(model[0], "weight"), (model[2], "weight")])] == \
+        ["0.weight", "2.weight"]
