@@ -645,7 +645,7 @@ def _cmd_prune(parser, args) -> int:
     from synflow_plugin.demo import criterion_class, criterion_kwargs
     from synflow_plugin.diagnostics import format_report, layer_report
     from synflow_plugin.masking import compute_masks, num_to_prune
-    from synflow_plugin.targets import held_tensor, prunable_parameters
+    from synflow_plugin.targets import group_by_tensor, held_tensor, prunable_parameters
 
     _check_outputs(args, ("-o/--output", args.output, "model.pt"), ("--json", args.json, "report.json"))
     options = dict(args.criterion_option)
@@ -667,8 +667,7 @@ def _cmd_prune(parser, args) -> int:
     if not params:
         raise PruningError(f"{spec.spec} has no conv or linear layer to prune")
     amount = args.amount if args.amount is not None else 1.0 - 1.0 / args.compression
-    tensors = {id(t): t for t in (held_tensor(module, name) for module, name in params)}  # a tied weight once
-    sizes = [t.numel() for t in tensors.values()]
+    sizes = [held_tensor(*uses[0]).numel() for uses in group_by_tensor(params)]  # a tied weight once
     total = sum(sizes)
     if args.scope in ("local", "uniform"):
         budget = sum(n - num_to_prune(amount, n) for n in sizes)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from synflow_plugin.errors import PruningError, PruningTypeError
 from synflow_plugin.collapse import LayerCollapseWarning
 from synflow_plugin.masking import compute_masks
-from synflow_plugin.targets import held_tensor, prunable_parameters
+from synflow_plugin.targets import group_by_tensor, held_tensor, prunable_parameters
 
 __all__ = [
     "LayerStats",
@@ -195,12 +195,13 @@ def critical_compression(
             masks = compute_masks(model, params, criterion, amount=1.0 - density, progress=False,
                                   caller="critical_compression()", **prune_kwargs)
         names = {id(m): n for n, m in model.named_modules()}
-        first = {}  # a tied weight's uses share one mask: the tensor counts once, under its first use
-        for (m, n), mask in zip(params, masks):
-            first.setdefault(id(held_tensor(m, n)), (f"{names[id(m)]}.{n}" if names[id(m)] else n, mask))
-        per_layer = {name: float(mask.float().mean()) for name, mask in first.values()}
+        mask_of = {(id(m), n): mask for (m, n), mask in zip(params, masks)}
+        # a tied weight's uses share one mask: the tensor counts once, under its first use
+        first = [uses[0] for uses in group_by_tensor(params)]
+        per_layer = {f"{names[id(m)]}.{n}" if names[id(m)] else n: float(mask_of[id(m), n].float().mean())
+                     for m, n in first}
         collapsed = [name for name, d in per_layer.items() if d == 0.0]
-        unique = [mask for _, mask in first.values()]
+        unique = [mask_of[id(m), n] for m, n in first]
         result.points.append({
             "exponent": exponent, "compression": 10.0 ** exponent,
             "density": sum(int(mask.sum()) for mask in unique) / sum(mask.numel() for mask in unique),

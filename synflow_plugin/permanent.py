@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from synflow_plugin.errors import ExportError, PruningError, PruningTypeError
-from synflow_plugin.targets import clone_model, current_mask, held_tensors
+from synflow_plugin.targets import clone_model, current_mask, tensor_uses
 
 __all__ = ["make_permanent", "apply_masks", "has_pruning_hooks", "copy_model", "check_nni_unwrapped"]
 
@@ -169,11 +169,7 @@ def check_tied_masks(model: nn.Module, caller: str) -> None:
     """Refuse a tied weight (one parameter several modules read) whose uses carry
     different ``torch.nn.utils.prune`` masks: baking a mask in writes it into the one
     tensor, so every use would take it and the model would compute something else."""
-    uses: dict[int, list[tuple[str, nn.Module, str]]] = {}
-    for qualname, module in model.named_modules():
-        for name, tensor in held_tensors(module):
-            uses.setdefault(id(tensor), []).append((f"{qualname}.{name}" if qualname else name, module, name))
-    for group in uses.values():
+    for group in tensor_uses(model).values():
         if len(group) < 2:
             continue
         masks = [current_mask(module, name) for _, module, name in group]

@@ -45,7 +45,7 @@ from torch import nn
 
 from synflow_plugin.criteria import Criterion, ScoringState, get_criterion
 from synflow_plugin.errors import PruningError, PruningTypeError
-from synflow_plugin.targets import held_tensor, prunable_parameters
+from synflow_plugin.targets import group_by_tensor, held_tensor, prunable_parameters
 
 __all__ = [
     # score inversion
@@ -179,7 +179,7 @@ def shuffle_masks_(
         ``model``.
     """
     pairs = _pruned_pairs(model, params, "shuffle_masks_()")
-    tied = _by_tensor(pairs)  # the uses of a tied weight keep one mask
+    tied = group_by_tensor(pairs)  # the uses of a tied weight keep one mask
     masks = [[m._buffers[f"{n}_mask"] for m, n in uses] for uses in tied]
     with torch.no_grad():
         for olds, new in zip(masks, shuffle_masks([uses[0] for uses in masks], seed=seed)):
@@ -187,15 +187,6 @@ def shuffle_masks_(
                 old.copy_(new)
     _refresh(pairs)
     return model
-
-
-def _by_tensor(pairs: list) -> list[list]:
-    """``pairs`` grouped by the parameter they read: a tied weight's uses together, in
-    the order of their first use."""
-    groups: dict[int, list] = {}
-    for module, name in pairs:
-        groups.setdefault(id(held_tensor(module, name)), []).append((module, name))
-    return list(groups.values())
 
 
 def _refresh(pairs) -> None:
@@ -241,7 +232,7 @@ def reinitialize_(
     if not pairs:
         raise PruningError("reinitialize_(): the model has no conv or linear weight to re-initialise")
     with torch.no_grad():
-        for module, name in (uses[0] for uses in _by_tensor(pairs)):  # a tied weight is drawn once
+        for module, name in (uses[0] for uses in group_by_tensor(pairs)):  # a tied weight is drawn once
             tensor = held_tensor(module, name)
             if tensor is None:
                 raise PruningError(f"reinitialize_(): {type(module).__name__} has no parameter '{name}'")

@@ -806,22 +806,22 @@ def load_results(out_dir: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
 
 
 def _record_problem(record: Mapping[str, Any]) -> str | None:
     """What is wrong with one record read back from a results file (None: nothing)."""
     if not isinstance(record.get("criterion"), str):
         return "has no criterion"
-    if not _number(record.get("compression")) or record["compression"] < 1:
+    if not _finite(record.get("compression")) or record["compression"] < 1:
         return f"has compression {record.get('compression')!r}, not a number >= 1"
     if isinstance(record.get("seed"), bool) or not isinstance(record.get("seed"), int):
         return f"has seed {record.get('seed')!r}, not an int"
     key = f"{record['criterion']}|{float(record['compression'])!r}|{record['seed']}"
     if record["trial"] != key:
         return f"says criterion {record['criterion']!r}, compression {record['compression']!r}, seed {record['seed']!r}"
-    if record.get("status") == "ok" and not (_number(record.get("accuracy")) and 0 <= record["accuracy"] <= 1):
+    if record.get("status") == "ok" and not (_finite(record.get("accuracy")) and 0 <= record["accuracy"] <= 1):
         return f"is ok but has accuracy {record.get('accuracy')!r}, not a fraction in [0, 1]"
     return None
 

@@ -30,6 +30,7 @@ __all__ = [
     "resolve_targets",
     "held_tensor",
     "tensor_uses",
+    "group_by_tensor",
     "TiedWeightWarning",
     "ComputedWeightWarning",
     "warn_unmasked_uses",
@@ -152,11 +153,11 @@ def prunable_parameters(
         for name in _weight_names(module, types, embeddings):
             tensor = held_tensor(module, name)
             if tensor is None:  # weight_orig without a prune mask: a hook computes the weight
-                computed.append(f"{qualname}.{name}" if qualname else name)
+                computed.append(_label(qualname, name))
             else:
                 listed.add(id(tensor))
         if isinstance(module, types) and parametrize.is_parametrized(module, "weight"):
-            computed.append(f"{qualname}.weight" if qualname else "weight")
+            computed.append(_label(qualname, "weight"))
     if computed:
         warnings.warn(
             f"prunable_parameters(): {', '.join(repr(c) for c in computed)} "
@@ -188,14 +189,28 @@ def held_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(n, held_tensor(module, n)) for n in names]
 
 
-def tensor_uses(model: nn.Module) -> dict[int, list[str]]:
-    """``id(parameter) -> ['qualified.name', ...]``: every module attribute of ``model``
-    that reads each parameter (several for a tied weight), in module order."""
-    uses: dict[int, list[str]] = {}
+def _label(qualname: str, name: str) -> str:
+    return f"{qualname}.{name}" if qualname else name
+
+
+def tensor_uses(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
+    """``id(parameter) -> [('qualified.name', module, name), ...]``: every module
+    attribute of ``model`` that reads each parameter (several for a tied weight), in
+    module order."""
+    uses: dict[int, list[tuple[str, nn.Module, str]]] = {}
     for qualname, module in model.named_modules():
         for name, tensor in held_tensors(module):
-            uses.setdefault(id(tensor), []).append(f"{qualname}.{name}" if qualname else name)
+            uses.setdefault(id(tensor), []).append((_label(qualname, name), module, name))
     return uses
+
+
+def group_by_tensor(pairs: Iterable[tuple[nn.Module, str]]) -> list[list[tuple[nn.Module, str]]]:
+    """``pairs`` grouped by the parameter they read (a tied weight's uses together), in
+    the order of each group's first pair."""
+    groups: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module, name in pairs:
+        groups.setdefault(id(held_tensor(module, name)), []).append((module, name))
+    return list(groups.values())
 
 
 class TiedWeightWarning(UserWarning):
@@ -208,13 +223,15 @@ def warn_unmasked_uses(model: nn.Module, params: Sequence[tuple[nn.Module, str]]
     ``params`` read too (a tied weight with a use left out)."""
     names = {id(m): n for n, m in model.named_modules()}
     uses = tensor_uses(model)
-    listed = {f"{names[id(m)]}.{n}" if names.get(id(m)) else n for m, n in params if id(m) in names}
+    listed = {_label(names[id(m)], n) for m, n in params if id(m) in names}
     for module, name in params:
         tensor = held_tensor(module, name)
-        others = [use for use in uses.get(id(tensor), []) if use not in listed]
-        if tensor is None or not others or id(module) not in names:
+        if tensor is None or id(module) not in names:
             continue
-        first = f"{names[id(module)]}.{name}" if names[id(module)] else name
+        others = [label for label, _, _ in uses.get(id(tensor), []) if label not in listed]
+        if not others:
+            continue
+        first = _label(names[id(module)], name)
         one = len(others) == 1
         warnings.warn(
             f"{caller}: '{first}' is tied: {', '.join(repr(u) for u in others)} "

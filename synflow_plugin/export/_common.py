@@ -118,6 +118,13 @@ def relative_difference(actual: Sequence[Any], expected: Sequence[Any]) -> tuple
     return diff, diff / (scale if scale > 0 else 1.0)
 
 
+def refuse_existing(path: Path, overwrite: bool, caller: str) -> None:
+    """An existing file (or link) at ``path`` is replaced only with ``overwrite=True``."""
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise PruningError(f"{caller}: '{path}' already exists; pass overwrite=True to replace it, or choose "
+                           "another path.")
+
+
 def check_path(path: Any, caller: str, *, must_exist: bool) -> Path:
     """``path`` as a :class:`~pathlib.Path`, checked to name a (possible) regular file."""
     if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):

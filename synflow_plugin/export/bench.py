@@ -45,6 +45,7 @@ from synflow_plugin.export._common import (
     ExportError,
     check_path,
     output_leaves,
+    refuse_existing,
     relative_difference,
     require_onnx,
 )
@@ -285,7 +286,7 @@ class BenchmarkReport:
         """Write the report as JSON (atomically); an existing file only with ``overwrite=True``."""
         caller = "BenchmarkReport.save_json()"
         path = check_path(path, caller, must_exist=False)
-        _refuse_existing(path, overwrite, caller)
+        refuse_existing(path, overwrite, caller)
         write_json_atomic(path, self.to_dict())
         return path
 
@@ -431,12 +432,6 @@ def _make_inputs(specs, batch: int, rng: np.random.Generator):
     return feed
 
 
-def _refuse_existing(path: Path, overwrite: bool, caller: str) -> None:
-    if not overwrite and (path.exists() or path.is_symlink()):
-        raise PruningError(f"{caller}: '{path}' already exists; pass overwrite=True to replace it, or choose "
-                           "another path.")
-
-
 # --------------------------------------------------------------------------- benchmark
 def benchmark_onnx(
     paths_or_models: Any,
@@ -496,7 +491,7 @@ def benchmark_onnx(
             raise PruningError(f"{caller}: {name}={value!r} should be an int >= {low}")
     if json_path is not None:
         json_path = check_path(json_path, caller, must_exist=False)
-        _refuse_existing(json_path, overwrite, caller)
+        refuse_existing(json_path, overwrite, caller)
 
     raw_entries = _entries(paths_or_models, caller)
     # check every file exists before any (slow) export

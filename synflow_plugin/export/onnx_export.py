@@ -49,6 +49,7 @@ from synflow_plugin.export._common import (
     check_nni_unwrapped,
     check_path,
     output_leaves,
+    refuse_existing,
     relative_difference,
     require_onnx,
     require_torch_pruning,
@@ -635,10 +636,7 @@ def export_onnx(
     inputs = as_input_tuple(example_inputs, caller)
     path = check_path(path, caller, must_exist=False)
     _check_options(caller, compact, sparse_initializers, verify, overwrite, rtol, dynamic_batch, opset_version)
-    if path.exists() and not overwrite:
-        raise PruningError(
-            f"{caller}: '{path}' already exists; pass overwrite=True to replace it, or choose another path."
-        )
+    refuse_existing(path, overwrite, caller)
     onnx, ort = require_onnx(caller)
     _check_opset(opset_version, caller)
     if progress is not None and not isinstance(progress, bool):
@@ -764,8 +762,8 @@ def _export(model, inputs, path, masks, compact, sparse_initializers, verify, rt
     ir_version = model_proto.ir_version
     external = _weight_bytes(model_proto) >= SINGLE_FILE_LIMIT
     data_path = path.with_name(path.name + ".data") if external else None
-    if external and data_path.exists() and not overwrite:
-        raise PruningError(f"{caller}: '{data_path}' already exists; pass overwrite=True to replace it.")
+    if external:
+        refuse_existing(data_path, overwrite, caller)
     remove_stale_temporaries(path)
     try:
         tmp_dir = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))

@@ -288,7 +288,7 @@ def refuse_tied_targets(model: nn.Module, config_list: list[dict], caller: str) 
             for target in config.get("target_names", ("weight", "bias")):
                 tensor = module._parameters.get(target)
                 if isinstance(tensor, nn.Parameter) and len(uses.get(id(tensor), ())) > 1:
-                    tied[id(tensor)] = uses[id(tensor)]
+                    tied[id(tensor)] = [label for label, _, _ in uses[id(tensor)]]
     if tied:
         sets = "; ".join(" and ".join(map(repr, names)) for names in tied.values())
         raise PruningError(
