@@ -86,8 +86,8 @@ def measure(path: str, model_name: str, width: float, mlp: int, rounds: int, col
     imports) are in the baseline: they do not grow with the model, and any process that
     has run the model once has paid them. They are returned as ``one_time``. The memory
     the warm-up freed is given back to the system (glibc's ``malloc_trim``; all but a
-    few MiB its per-thread arenas keep), so that the prune cannot reuse it unseen. ``cold``: no warm-up; the one-time costs count as the
-    prune's."""
+    few MiB its per-thread arenas keep), so that the prune cannot reuse it unseen.
+    ``cold``: no warm-up; the one-time costs count as the prune's."""
     import ctypes
     import ctypes.util
     import gc

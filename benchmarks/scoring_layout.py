@@ -67,7 +67,8 @@ def main() -> None:
         torch.manual_seed(0)
         model = create_model(name, num_classes=classes, input_shape=(3, 32, 32))
         passes = {fmt: scoring_pass(model, fmt) for fmt in (torch.contiguous_format, torch.channels_last)}
-        reference = compute_scores(model, prunable_parameters(model), "synflow", example_inputs=torch.randn(1, 3, 32, 32))
+        reference = compute_scores(model, prunable_parameters(model), "synflow",
+                                   example_inputs=torch.randn(1, 3, 32, 32))
         default, last = ([(p.detach() * g).abs() for p, g in zip(params, run())] for run, params in passes.values())
         gradients = passes[torch.channels_last][0]()
         assert all(torch.equal(a, b) for a, b in zip(default, reference)), "the default layout's scores differ"

@@ -175,7 +175,8 @@ def check_tied_masks(model: nn.Module, caller: str) -> None:
         masks = [current_mask(module, name) for _, module, name in group]
         if all(torch.equal(masks[0], mask) for mask in masks[1:]):
             continue
-        kept = ", ".join(f"{label!r} keeps {mask.float().mean().item():.1%}" for (label, _, _), mask in zip(group, masks))
+        kept = ", ".join(f"{label!r} keeps {mask.float().mean().item():.1%}"
+                         for (label, _, _), mask in zip(group, masks))
         raise PruningError(
             f"{caller}: {' and '.join(repr(label) for label, _, _ in group)} are one tensor (tied) but masked "
             f"differently ({kept}). Making the masks permanent writes them into that one tensor, so every use "

@@ -291,13 +291,13 @@ def refuse_tied_targets(model: nn.Module, config_list: list[dict], caller: str) 
                     tied[id(tensor)] = [label for label, _, _ in uses[id(tensor)]]
     if tied:
         sets = "; ".join(" and ".join(map(repr, names)) for names in tied.values())
+        are = "are" if len(tied) == 1 else "are each"
         raise PruningError(
-            f"{caller}: {sets} {'are' if len(tied) == 1 else 'are each'} one tensor (tied). NNI's wrappers copy each pruned weight, so the tied uses "
-            "would come apart for good and get masks of their own (NNI's own pruners do the same). Exclude them "
-            "(exclude_op_names), or prune with torch.nn.utils.prune, which masks every use of a tied weight "
+            f"{caller}: {sets} {are} one tensor (tied). NNI's wrappers copy each pruned weight, so the tied "
+            "uses would come apart for good and get masks of their own (NNI's own pruners do the same). Exclude "
+            "them (exclude_op_names), or prune with torch.nn.utils.prune, which masks every use of a tied weight "
             "alike: prune.global_unstructured(synflow_plugin.prunable_parameters(model), pruning_method=SynFlow, "
-            "...). "
-            "Nothing was wrapped."
+            "...). Nothing was wrapped."
         )
 
 
